@@ -42,6 +42,9 @@ __all__ = [
     "load_image_folder",
     "load_labels_csv",
     "load_torchvision",
+    "load_cached",
+    "LoadReport",
+    "concatenate",
     "CLIP_TEMPLATES",
 ]
 
@@ -683,3 +686,13 @@ def load_torchvision(name: str, root: str | Path, split: str = "test", image_siz
     classnames = [c.replace("_", " ") for c in getattr(dataset, "classes", [str(i) for i in range(max(labels) + 1)])]
     return ImageCaptionSet(torch.stack(images), None, torch.tensor(labels), classnames, list(CLIP_TEMPLATES),
                            name=f"{name.lower()}-{split}")
+
+
+def load_cached(path: str | Path) -> ImageCaptionSet:
+    """A dataset written by ``data_scripts/prepare_external.py``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"cached dataset not found: {path}")
+    stored = torch.load(path, weights_only=True)
+    return ImageCaptionSet(stored["images"], stored["captions"], stored["labels"], stored["classnames"],
+                           stored["templates"], stored["name"])

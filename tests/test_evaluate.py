@@ -1,0 +1,75 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipguard import evaluate
+from clipguard.data import ImageCaptionSet
+
+
+class PlantedModel(torch.nn.Module):
+    """A stand-in CLIP: image i embeds to the one-hot of the class written in its first pixel; a caption embeds to
+    the one-hot of the class name it contains."""
+
+    def __init__(self, classnames):
+        super().__init__()
+        self.classnames = classnames
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def encode_image(self, images, normalize=True):
+        labels = (images[:, 0, 0, 0] * 255).round().long()
+        return F.one_hot(labels, len(self.classnames)).float()
+
+    def encode_text(self, captions, normalize=True):
+        rows = []
+        for caption in captions:
+            hits = [i for i, name in enumerate(self.classnames) if name in caption.replace(".", " ").split()]
+            rows.append(F.one_hot(torch.tensor(hits[0]), len(self.classnames)).float())
+        return torch.stack(rows)
+
+
+def _planted_set(true_labels, planted_predictions, classnames):
+    images = torch.zeros(len(true_labels), 3, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor(planted_predictions, dtype=torch.uint8)
+    return ImageCaptionSet(images, None, torch.tensor(true_labels), classnames, ["a photo of a {}.", "a {} ."])
+
+
+def test_zero_shot_on_a_planted_toy():
+    classnames = ["cat", "dog", "cow"]
+    dataset = _planted_set([0, 1, 2, 0, 1], [0, 1, 2, 1, 1], classnames)
+    accuracy = evaluate.zero_shot_accuracy(PlantedModel(classnames), dataset, ks=(1, 2))
+    assert accuracy["top1"] == pytest.approx(4 / 5)
+
+
+def test_class_embedding_is_normalised_mean_of_normalised_templates():
+    classnames = ["cat", "dog"]
+    weights = evaluate.zero_shot_classifier(PlantedModel(classnames), classnames, ["a {}", "the {}"])
+    assert torch.allclose(weights, torch.eye(2))
+    assert torch.allclose(weights.norm(dim=1), torch.ones(2))
+
+
+def test_topk_accuracy_hand_computed():
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.5, 0.4]])
+    labels = torch.tensor([0, 1, 2])
+    result = evaluate.topk_accuracy(logits, labels, ks=(1, 2, 5))
+    assert result == {"top1": pytest.approx(1 / 3), "top2": pytest.approx(1.0), "top5": pytest.approx(1.0)}
+
+
+def test_retrieval_recall_on_planted_similarities():
+    image = torch.eye(4)
+    text = torch.eye(4)[[0, 1, 3, 2]]  # pairs 2 and 3 swapped
+    result = evaluate.retrieval_recall(image, text, ks=(1, 2))
+    assert result["image_to_text_R@1"] == 0.5 and result["text_to_image_R@1"] == 0.5
+
+
+def test_linear_probes_separate_separable_features():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    features = F.one_hot(labels, 4).float() * 3 + 0.3 * torch.randn(200, 4, generator=g)
+    args = (features[:150], labels[:150], features[150:], labels[150:])
+    assert evaluate.linear_probe_torch(*args, epochs=20, batch_size=16) > 0.95
+    assert evaluate.linear_probe_sklearn(*args) > 0.95
+
+
+def test_templates_without_placeholder_are_rejected():
+    with pytest.raises(ValueError, match="must contain"):
+        evaluate.zero_shot_classifier(PlantedModel(["cat"]), ["cat"], ["a photo"])

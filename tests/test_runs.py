@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from clipguard import runs
+from clipguard.runs import RunStore, config_hash
+
+
+def _trainer(calls, value=1.0):
+    def train_fn(work):
+        calls.append(work)
+        (work / "extra.txt").write_text("kept")
+        return torch.nn.Linear(2, 2), {"accuracy": value}
+    return train_fn
+
+
+def test_hash_is_order_independent_and_sensitive():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    with pytest.raises(ValueError, match="non-finite"):
+        config_hash({"lr": float("nan")})
+    with pytest.raises(TypeError, match="cannot hash"):
+        config_hash({"x": object()})
+
+
+def test_get_or_train_trains_once_and_reuses(store):
+    calls = []
+    first = store.get_or_train({"lr": 0.1}, _trainer(calls), data={"train": "abc"})
+    second = store.get_or_train({"lr": 0.1}, _trainer(calls), data={"train": "abc"})
+    assert len(calls) == 1 and first.id == second.id
+    assert second.metrics == {"accuracy": 1.0}
+    assert (second.path / "extra.txt").read_text() == "kept"
+    assert second.provenance["versions"]["torch"] == torch.__version__.split("+")[0] or second.provenance["versions"]["torch"]
+    assert "commit" in second.provenance and "device" in second.provenance
+    assert (second.path / "model.safetensors").exists()
+
+
+def test_changed_config_or_data_never_reuses(store):
+    calls = []
+    store.get_or_train({"lr": 0.1}, _trainer(calls), data={"train": "abc"})
+    store.get_or_train({"lr": 0.2}, _trainer(calls), data={"train": "abc"})
+    store.get_or_train({"lr": 0.1}, _trainer(calls), data={"train": "abd"})
+    assert len(calls) == 3
+
+
+def test_changed_code_never_reuses(store, monkeypatch):
+    calls = []
+    store.get_or_train({"lr": 0.1}, _trainer(calls))
+    monkeypatch.setattr(runs, "code_identity", lambda: "something-else")
+    store.get_or_train({"lr": 0.1}, _trainer(calls))
+    assert len(calls) == 2
+
+
+def test_presentation_modules_do_not_change_code_identity():
+    assert "plots.py" in runs.PRESENTATION_MODULES and "notebooks.py" in runs.PRESENTATION_MODULES
+
+
+def test_failed_training_leaves_no_complete_run(store):
+    def broken(work):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        store.get_or_train({"lr": 0.3}, broken)
+    assert store.find({"lr": 0.3}) is None
+    assert store.runs() == []
+
+
+def test_stored_files_are_json(store):
+    run = store.get_or_compute({"what": "scores"}, lambda work: {"auroc": 0.9})
+    assert json.loads((run.path / "metrics.json").read_text()) == {"auroc": 0.9}
+    assert not run.has_model()

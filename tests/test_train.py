@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+
+from clipguard import data, models
+from clipguard.train import ClipObjective, TrainConfig, cosine_lr, parameter_groups, train
+
+
+def test_cosine_schedule_values():
+    assert cosine_lr(0, 1.0, 10, 110) == pytest.approx(0.1)
+    assert cosine_lr(9, 1.0, 10, 110) == pytest.approx(1.0)
+    assert cosine_lr(10, 1.0, 10, 110) == pytest.approx(1.0)
+    assert cosine_lr(60, 1.0, 10, 110) == pytest.approx(0.5)
+    assert cosine_lr(110, 1.0, 10, 110) == pytest.approx(0.0, abs=1e-12)
+    # the released code's one-epoch shift evaluates past the end: the cosine rises again
+    assert cosine_lr(130, 1.0, 10, 110) > cosine_lr(110, 1.0, 10, 110)
+
+
+def test_weight_decay_exclusions():
+    model = models.build_model("clipguard-tiny")
+    decay_ids = {id(p) for p in parameter_groups(model, 0.1)[1]["params"]}
+    for name, param in model.named_parameters():
+        excluded = param.ndim < 2 or any(t in name for t in ("bn", "ln", "bias", "logit_scale"))
+        assert (id(param) not in decay_ids) == excluded, name
+    assert "clip.logit_scale" in dict(model.named_parameters())
+
+
+def _small():
+    return data.fashion_mnist("train", n=256, seed=0)
+
+
+def _config(**kw):
+    return TrainConfig(**{"epochs": 2, "batch_size": 64, "lr": 2e-3, "warmup_steps": 2, "progress": False, **kw})
+
+
+def test_training_is_deterministic_and_reduces_loss():
+    dataset = _small()
+    a = train(models.build_model("clipguard-tiny", seed=0), dataset, config=_config(epochs=3))
+    b = train(models.build_model("clipguard-tiny", seed=0), dataset, config=_config(epochs=3))
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    losses = [e["loss"] for e in a.epochs()]
+    assert losses[-1] < losses[0]
+    assert math.exp(a.model.logit_scale.item()) <= 100.0 + 1e-4
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    dataset = _small()
+    uninterrupted = train(models.build_model("clipguard-tiny", seed=1), dataset, config=_config())
+    first = train(models.build_model("clipguard-tiny", seed=1), dataset, config=_config(), run_dir=tmp_path,
+                  stop_after_epoch=1)
+    assert len(first.epochs()) == 1 and (tmp_path / "checkpoint.pt").exists()
+    resumed = train(models.build_model("clipguard-tiny", seed=1), dataset, config=_config(), run_dir=tmp_path)
+    for (name, pa), pb in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert [e["epoch"] for e in resumed.epochs()] == [1, 2]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert sum('"kind": "epoch"' in line for line in lines) == 2
+
+
+def test_logit_scale_is_clamped():
+    model = models.build_model("clipguard-tiny")
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    model.clamp_logit_scale(100.0)
+    assert float(model.logit_scale.exp()) == pytest.approx(100.0, rel=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    class Broken(ClipObjective):
+        def loss(self, ctx, pass_name, model, indices):
+            loss, extra = super().loss(ctx, pass_name, model, indices)
+            return loss * float("nan"), extra
+
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train(models.build_model("clipguard-tiny"), _small(), Broken(), _config(epochs=1))
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(models.build_model("clipguard-tiny"), _small().subset(range(10)), config=_config())
+
+
+def test_model_rejects_wrong_image_size():
+    model = models.build_model("clipguard-tiny")
+    with pytest.raises(ValueError, match="32px"):
+        model.encode_image(torch.rand(2, 3, 28, 28))
