@@ -73,3 +73,18 @@ def test_linear_probes_separate_separable_features():
 def test_templates_without_placeholder_are_rejected():
     with pytest.raises(ValueError, match="must contain"):
         evaluate.zero_shot_classifier(PlantedModel(["cat"]), ["cat"], ["a photo"])
+
+
+def test_pair_statistics_match_direct_computation():
+    from clipguard import data, models
+    from clipguard.losses import clip_loss_per_sample
+
+    dataset = data.fashion_mnist("train", n=64, seed=0)
+    model = models.build_model("clipguard-tiny", seed=0).eval()
+    cosine, loss = evaluate.pair_statistics(model, dataset, batch_size=64)
+    with torch.no_grad():
+        image = model.encode_image(dataset.float_images())
+        text = model.encode_text(dataset.captions)
+    assert torch.allclose(cosine, (image * text).sum(1), atol=1e-5)
+    # one batch holding every row in a permuted order: per-row losses are the same as in row order
+    assert torch.allclose(loss, clip_loss_per_sample(image, text, model.logit_scale.exp()), atol=1e-4)

@@ -13,7 +13,8 @@ from .data import ImageCaptionSet
 from .models import CLIPModel
 
 __all__ = ["image_embeddings", "text_embeddings", "zero_shot_classifier", "zero_shot_logits", "topk_accuracy",
-           "zero_shot_accuracy", "linear_probe_sklearn", "linear_probe_torch", "retrieval_recall", "ZeroShotEval"]
+           "zero_shot_accuracy", "linear_probe_sklearn", "linear_probe_torch", "retrieval_recall", "ZeroShotEval",
+           "pair_statistics", "PerSampleTracker"]
 
 
 def _device(model: CLIPModel) -> torch.device:
@@ -157,3 +158,61 @@ class ZeroShotEval:
             return {}
         accuracy = zero_shot_accuracy(model, self.dataset)
         return {f"{self.prefix}_{k}": v for k, v in accuracy.items()}
+
+
+@torch.no_grad()
+def pair_statistics(model: CLIPModel, dataset: ImageCaptionSet, indices: torch.Tensor | None = None,
+                    batch_size: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair image–caption cosine similarity and per-pair CLIP loss (in-batch negatives, batches of a fixed
+    seeded composition, model in eval mode), for ``indices`` (default: all rows). Used for SafeCLIP's similarity
+    figures, the GMM split and ABL-style loss tracking."""
+    from .losses import clip_loss_per_sample
+
+    indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+    order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))]
+    was_training = model.training
+    model.eval()
+    cosine = torch.empty(len(dataset))
+    loss = torch.empty(len(dataset))
+    for chunk in order.split(batch_size):
+        image = model.encode_image(dataset.float_images(chunk).to(_device(model))).float()
+        text = model.encode_text([dataset.captions[i] for i in chunk.tolist()]).float()
+        cosine[chunk] = (image * text).sum(1).cpu()
+        loss[chunk] = clip_loss_per_sample(image, text, model.logit_scale.exp().float()).cpu()
+    model.train(was_training)
+    return cosine[indices], loss[indices]
+
+
+class PerSampleTracker:
+    """Epoch callback: per-pair cosine similarity and CLIP loss of every training pair after each epoch.
+
+    ``records`` maps epoch -> (cosine, loss) tensors over the training rows; :meth:`save` writes them to an
+    ``.npz`` (arrays ``cosine`` and ``loss`` of shape [epochs, N], plus ``epochs``). ``summary_groups`` (name ->
+    boolean mask) adds per-group means to the epoch metrics (e.g. clean vs poisoned)."""
+
+    def __init__(self, dataset: ImageCaptionSet, summary_groups: dict[str, torch.Tensor] | None = None,
+                 batch_size: int = 256):
+        self.dataset = dataset
+        self.groups = summary_groups or {}
+        self.batch_size = batch_size
+        self.records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, ctx, model: CLIPModel) -> dict[str, float]:
+        cosine, loss = pair_statistics(model, self.dataset, batch_size=self.batch_size, seed=ctx.epoch)
+        self.records[ctx.epoch] = (cosine, loss)
+        out = {}
+        for name, mask in self.groups.items():
+            if mask.any():
+                out[f"cosine_{name}"] = float(cosine[mask].mean())
+                out[f"loss_{name}"] = float(loss[mask].mean())
+        return out
+
+    def save(self, path) -> None:
+        import os
+
+        epochs = sorted(self.records)
+        tmp = f"{path}.tmp.npz"
+        np.savez_compressed(tmp, epochs=np.array(epochs),
+                            cosine=torch.stack([self.records[e][0] for e in epochs]).numpy(),
+                            loss=torch.stack([self.records[e][1] for e in epochs]).numpy())
+        os.replace(tmp, path)

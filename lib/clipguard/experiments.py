@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from . import data as data_lib
-from .evaluate import (ZeroShotEval, image_embeddings, linear_probe_sklearn, linear_probe_torch, retrieval_recall,
+from .evaluate import (PerSampleTracker, ZeroShotEval, image_embeddings, linear_probe_sklearn, linear_probe_torch, retrieval_recall,
                        text_embeddings, zero_shot_accuracy)
 from .models import CLIPModel, build_model
 from .profiles import Profile, resolve
@@ -99,6 +99,7 @@ def clip_spec(profile: str | Profile = "cpu", seed: int = 0, **overrides) -> dic
         "train": TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
                              seed=seed).identity(),
         "evaluate": ["zeroshot", "linear_probe", "retrieval"],
+        "track_per_sample": False,
     }
     for key, value in overrides.items():
         if "__" in key:
@@ -203,8 +204,17 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
         model = build_model(spec["model"], seed=spec.get("model_seed", 0))
         config = TrainConfig(**spec["train"], progress=progress)
         objective = make_objective(spec, prepared)
-        result = train(model, prepared.train_data, objective, config, run_dir=work,
-                       callbacks=[ZeroShotEval(prepared.test)])
+        callbacks = [ZeroShotEval(prepared.test)]
+        tracker = None
+        if spec.get("track_per_sample"):
+            groups = {}
+            if "is_poison" in prepared.info:
+                groups = {"clean": ~prepared.info["is_poison"], "poison": prepared.info["is_poison"]}
+            tracker = PerSampleTracker(prepared.train_data, groups)
+            callbacks.append(tracker)
+        result = train(model, prepared.train_data, objective, config, run_dir=work, callbacks=callbacks)
+        if tracker is not None:
+            tracker.save(work / "per_sample.npz")
         metrics = {"train_seconds": result.seconds, "pairs_per_second": result.pairs_per_second,
                    "n_train": len(prepared.train_data)}
         for key, value in prepared.info.items():
