@@ -88,3 +88,12 @@ def test_pair_statistics_match_direct_computation():
     assert torch.allclose(cosine, (image * text).sum(1), atol=1e-5)
     # one batch holding every row in a permuted order: per-row losses are the same as in row order
     assert torch.allclose(loss, clip_loss_per_sample(image, text, model.logit_scale.exp()), atol=1e-4)
+
+
+def test_class_retrieval_precision_hand_computed():
+    images = torch.eye(3)[[0, 0, 1, 2]]          # images 0,1 of class A, 2 of B, 3 of C
+    texts = torch.eye(3)[[0, 1, 1, 2]]           # caption 1 describes class B but belongs to an A image
+    labels = torch.tensor([0, 0, 1, 2])
+    result = evaluate.class_retrieval_precision(images, texts, labels, ks=(1,))
+    # caption0 -> image0 or 1 (A, correct); caption1 -> image2 (B != A); caption2 -> image2 (B, ok); caption3 -> 3
+    assert result["class_precision@1"] == pytest.approx(3 / 4)

@@ -14,7 +14,7 @@ from .models import CLIPModel
 
 __all__ = ["image_embeddings", "text_embeddings", "zero_shot_classifier", "zero_shot_logits", "topk_accuracy",
            "zero_shot_accuracy", "linear_probe_sklearn", "linear_probe_torch", "retrieval_recall", "ZeroShotEval",
-           "pair_statistics", "PerSampleTracker"]
+           "pair_statistics", "PerSampleTracker", "class_retrieval_precision"]
 
 
 def _device(model: CLIPModel) -> torch.device:
@@ -142,6 +142,20 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
         rank = (sims > true).sum(1)
         for k in ks:
             result[f"{direction}_R@{k}"] = float((rank < k).float().mean())
+    return result
+
+
+def class_retrieval_precision(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+                              ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Text->image retrieval judged by class: the fraction of each caption's top-k images that share the class of
+    the caption's own image (precision@k), averaged over captions. Instance recall is a poor measure when
+    captions describe classes rather than single images; this is the one the book plots."""
+    similarity = text_features @ image_features.T
+    labels = torch.as_tensor(labels)
+    result = {}
+    for k in ks:
+        top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices
+        result[f"class_precision@{k}"] = float((labels[top] == labels[:, None]).float().mean())
     return result
 
 

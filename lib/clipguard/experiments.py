@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from . import data as data_lib
-from .evaluate import (PerSampleTracker, ZeroShotEval, image_embeddings, linear_probe_sklearn, linear_probe_torch, retrieval_recall,
+from .evaluate import (PerSampleTracker, ZeroShotEval, class_retrieval_precision, image_embeddings, linear_probe_sklearn, linear_probe_torch, retrieval_recall,
                        text_embeddings, zero_shot_accuracy)
 from .models import CLIPModel, build_model
 from .profiles import Profile, resolve
@@ -178,8 +178,12 @@ def _eval_retrieval(model: CLIPModel, spec: dict, prepared: Prepared) -> dict:
     if test.captions is None:
         return {}
     n = min(len(test), 1000)
-    return retrieval_recall(image_embeddings(model, test.float_images(slice(0, n))),
-                            text_embeddings(model, test.captions[:n]))
+    images = image_embeddings(model, test.float_images(slice(0, n)))
+    texts = text_embeddings(model, test.captions[:n])
+    metrics = retrieval_recall(images, texts)
+    if test.labels is not None:
+        metrics.update(class_retrieval_precision(images, texts, test.labels[:n]))
+    return metrics
 
 
 def _evaluator_name(entry: str | dict) -> tuple[str, dict]:
