@@ -1,0 +1,215 @@
+"""Attacks: triggers (shape, range, what changes, determinism), poisoned sets and manifests, ASR metrics."""
+
+import math
+
+import pytest
+import torch
+
+from clipguard.attacks import (PLACEMENTS, TRIGGERS, TriggerError, apply_to_uint8, make_trigger, patch_side,
+                               to_uint8, trigger_artefacts, wanet_displacement, wanet_grid)
+
+MULTI = {"name": "multi", "triggers": [{"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"}]}
+
+
+def _images(b=6, size=32, seed=0):
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _all_triggers():
+    return [make_trigger(MULTI) if name == "multi" else make_trigger(name) for name in sorted(TRIGGERS)]
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triggers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [28, 32, 57])
+def test_every_trigger_keeps_shape_range_and_is_deterministic(size):
+    images = _images(size=size)
+    for trigger in _all_triggers():
+        out = trigger(images, _gen(3))
+        assert out.shape == images.shape and out.dtype == images.dtype, trigger.name
+        assert out.min() >= 0 and out.max() <= 1, trigger.name
+        assert not torch.equal(out, images), f"{trigger.name} changed nothing"
+        again, state = trigger.apply(images, _gen(3))
+        assert torch.equal(out, again), f"{trigger.name} is not deterministic under a seed"
+        assert all(v.shape == (len(images),) for v in state.values()), trigger.name
+        # a single image [3, H, W] works too
+        assert trigger(images[0], _gen(3)).shape == images[0].shape
+
+
+def test_registry_errors_list_valid_names_and_parameters():
+    with pytest.raises(TriggerError, match="valid names: .*badnet_htba"):
+        make_trigger("badnet")
+    with pytest.raises(TriggerError, match="valid: .*patch_fraction"):
+        make_trigger("badnet_htba", size=16)
+    with pytest.raises(TriggerError, match="placement"):
+        make_trigger("badnet_random", placement="middle")
+    with pytest.raises(TriggerError, match="Generator"):
+        make_trigger("badnet_random")(_images())
+    with pytest.raises(TriggerError, match="float"):
+        make_trigger("blended")(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_identity_round_trips_with_defaults_filled():
+    trigger = make_trigger("badnet_htba", offset_fraction=9 / 224)
+    identity = trigger.identity()
+    assert identity["name"] == "badnet_htba" and identity["patch_fraction"] == 16 / 224 and identity["grid"] == 4
+    assert make_trigger(identity) == trigger
+    assert make_trigger({"name": "badnet_htba"}).identity() == make_trigger("badnet_htba").identity()
+    multi = make_trigger(MULTI)
+    assert multi.params["triggers"][2] == make_trigger("wanet").identity()
+    assert trigger.with_params(placement="center").params["placement"] == "center"
+
+
+def test_patch_side_scales_with_the_image():
+    assert patch_side(16 / 224, 224, 224) == 16
+    assert patch_side(16 / 224, 32, 32) == 2
+    assert patch_side(0.25, 32, 32) == 8
+    assert patch_side(0.001, 32, 32) == 1
+
+
+def _changed_mask(before, after):
+    return (before != after).any(1)  # [B, H, W]
+
+
+@pytest.mark.parametrize("name", ["badnet_random", "badnet_htba", "badnet_yellow", "badnet_checkerboard"])
+def test_patches_change_only_the_patch_area(name):
+    images = _images(b=16, size=40)
+    trigger = make_trigger(name, patch_fraction=0.2)  # 8 px
+    out, state = trigger.apply(images, _gen(1))
+    changed = _changed_mask(images, out)
+    p = 8
+    for i in range(len(images)):
+        y, x = (int(state["y"][i]), int(state["x"][i])) if "y" in state else (0, 0)
+        box = torch.zeros(40, 40, dtype=torch.bool)
+        box[y:y + p, x:x + p] = True
+        assert not changed[i][~box].any(), f"{name} changed pixels outside the patch"
+        assert changed[i][box].float().mean() > 0.2
+    if name == "badnet_htba":
+        expected = torch.zeros(40, 40, dtype=torch.bool)
+        expected[:p, :p] = True
+        assert torch.equal(changed.any(0), expected)  # fixed top-left corner
+
+
+def test_cleanclip_badnet_draws_fresh_noise_and_location_per_image():
+    images = torch.full((8, 3, 64, 64), 0.5)  # identical images
+    out, state = make_trigger("badnet_random", patch_fraction=0.25).apply(images, _gen(0))
+    assert len({(int(y), int(x)) for y, x in zip(state["y"], state["x"])}) > 1
+    p = 16
+    patches = torch.stack([out[i, :, int(state["y"][i]):int(state["y"][i]) + p, int(state["x"][i]):int(state["x"][i]) + p]
+                           for i in range(8)])
+    assert not torch.equal(patches[0], patches[1])
+    # per-channel mean + N(0, 1): centred near the image mean (0.5) before clipping
+    assert abs(float(patches.mean()) - 0.5) < 0.05
+    # different seeds, different patches
+    assert not torch.equal(out, make_trigger("badnet_random", patch_fraction=0.25)(images, _gen(1)))
+
+
+def test_fixed_patch_is_the_same_for_every_image_and_offset_follows_safeclip():
+    images = _images(b=4, size=224)
+    trigger = make_trigger("badnet_htba", offset_fraction=9 / 224)
+    out = trigger(images)
+    patch = out[:, :, 9:25, 9:25]
+    assert torch.equal(patch[0], patch[3])
+    assert torch.equal(patch[0], trigger_artefacts(trigger, 224, 224)["htba_patch"])
+    changed = _changed_mask(images, out).any(0)
+    assert changed[9:25, 9:25].all() and changed.sum() == 16 * 16
+
+
+def test_placements_center_corners_and_four_corners():
+    images = torch.zeros(2, 3, 224, 224)
+    centre = make_trigger("badnet_yellow", placement="center")(images)
+    assert centre[:, 0, 104:120, 104:120].eq(1).all() and centre[:, 0].sum() == 2 * 16 * 16  # detection paper: 104
+    corners = make_trigger("badnet_yellow", placement="four_corners")(images)
+    assert corners[:, 0].sum() == 2 * 4 * 16 * 16
+    assert corners[:, 0, -16:, -16:].eq(1).all() and corners[:, 2].eq(0).all()  # yellow: blue channel 0
+    for placement in PLACEMENTS:
+        assert make_trigger("badnet_checkerboard", placement=placement)(images, _gen()).shape == images.shape
+
+
+def test_checkerboard_pattern():
+    out = make_trigger("badnet_checkerboard", placement="top_left", patch_fraction=4 / 32)(torch.zeros(1, 3, 32, 32), _gen())
+    assert out[0, 0, :4, :4].tolist() == [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_blend_strength_is_exactly_alpha():
+    images = _images(b=3)
+    for alpha in (0.0, 0.1, 0.2, 0.5):
+        trigger = make_trigger("blended", alpha=alpha, pattern_seed=7)
+        key = trigger_artefacts(trigger, 32, 32)["blend_key"]
+        assert torch.allclose(trigger(images), (1 - alpha) * images + alpha * key, atol=1e-6)
+    # CleanCLIP variant: fresh key per image, same alpha
+    same = torch.full((2, 3, 32, 32), 0.5)
+    out = make_trigger("blended_noise")(same, _gen())
+    assert not torch.equal(out[0], out[1])
+    key = (out - 0.8 * same) / 0.2
+    assert key.min() >= -1e-5 and key.max() <= 1 + 1e-5
+
+
+def test_sig_variants_add_the_sinusoid():
+    images = torch.full((1, 3, 16, 48), 0.5)
+    j = torch.arange(48, dtype=torch.float32)
+    wave = torch.sin(2 * math.pi * 6 * j / 48)
+    out = make_trigger("sig", amplitude=0.1)(images)
+    assert torch.allclose(out, 0.5 + 0.1 * wave.expand_as(images), atol=1e-6)
+    out = make_trigger("sig_blended")(images)
+    assert torch.allclose(out, (0.8 * 0.5 + 0.2 * (60 / 255) * wave).expand_as(images), atol=1e-6)
+
+
+def test_wanet_warp_magnitude_matches_the_two_constructions():
+    smooth = torch.stack([wanet_displacement(wanet_grid(224, 224, k=4, s=0.5, seed=s)).abs().mean() for s in range(5)])
+    jitter = wanet_displacement(wanet_grid(224, 224, k=None, s=1.0, seed=0)).abs()
+    assert 0.1 < float(smooth.mean()) < 0.3  # about 0.19 px per axis (attacks.md 5.7)
+    assert 0.45 < float(jitter.mean()) < 0.55 and float(jitter.max()) <= 1.0 + 1e-4  # about 0.5 px, max 1 px
+    # s = 0: identity warp
+    images = _images(b=2)
+    assert torch.allclose(make_trigger("wanet", s=0.0)(images), images, atol=1e-5)
+    # larger s -> larger change
+    change = [float((make_trigger("wanet", s=s)(images) - images).abs().mean()) for s in (0.5, 2.0, 8.0)]
+    assert change[0] < change[1] < change[2]
+    grid = trigger_artefacts(make_trigger("wanet_cleanclip"), 32, 32)["wanet_grid"]
+    assert grid.shape == (1, 32, 32, 2)
+
+
+def test_nashville_is_the_pilgram_filter():
+    pilgram = pytest.importorskip("pilgram")
+    import numpy as np
+    from PIL import Image
+
+    images = _images(b=2, size=16)
+    out = make_trigger("nashville")(images)
+    pixels = to_uint8(images[0]).permute(1, 2, 0).numpy()
+    expected = np.array(pilgram.nashville(Image.fromarray(pixels, "RGB")))
+    assert torch.equal(to_uint8(out[0]).permute(1, 2, 0), torch.from_numpy(expected))
+    half = make_trigger("nashville", alpha=0.5)(images)
+    assert torch.allclose(half, 0.5 * out + 0.5 * images, atol=1e-6)
+
+
+def test_multi_trigger_applies_one_chosen_trigger_per_image():
+    images = _images(b=12)
+    trigger = make_trigger(MULTI)
+    out, state = trigger.apply(images, _gen(5))
+    assert set(state["choice"].tolist()) == {0, 1, 2}
+    for i, c in enumerate(state["choice"].tolist()):
+        sub = make_trigger(MULTI["triggers"][c])
+        if c == 0:  # checkerboard at the recorded location
+            alone = sub.with_params(placement="top_left")(torch.zeros(1, 3, 32, 32))[0, :, :2, :2]
+            y, x = int(state["y"][i]), int(state["x"][i])
+            assert torch.equal(out[i, :, y:y + 2, x:x + 2], alone)
+        else:
+            assert torch.allclose(out[i], sub(images[i:i + 1])[0])
+
+
+def test_uint8_conversion_clip_and_cleanclip_wrap():
+    x = torch.tensor([-0.1, 0.0, 0.5, 1.0, 1.5])
+    assert to_uint8(x).tolist() == [0, 0, 128, 255, 255]
+    assert to_uint8(x, "wrap").tolist() == [256 - 25, 0, 127, 255, 382 - 256]
+    images = (torch.rand(2, 3, 8, 8, generator=_gen()) * 255).to(torch.uint8)
+    out, _ = apply_to_uint8(make_trigger("blended", alpha=0.0), images)
+    assert torch.equal(out, images)
