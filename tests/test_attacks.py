@@ -213,3 +213,188 @@ def test_uint8_conversion_clip_and_cleanclip_wrap():
     images = (torch.rand(2, 3, 8, 8, generator=_gen()) * 255).to(torch.uint8)
     out, _ = apply_to_uint8(make_trigger("blended", alpha=0.0), images)
     assert torch.equal(out, images)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Poisoned sets and manifests
+# ---------------------------------------------------------------------------------------------------------------
+
+from clipguard import data  # noqa: E402
+from clipguard.attacks import (PoisonSpecError, build_poisoned, captions_naming, load_manifest,  # noqa: E402
+                               rebuild_from_manifest, save_manifest, spec_identity, without_images_of)
+
+BAG = data.FASHION_CLASSNAMES.index("bag")
+HTBA_SPEC = {"kind": "backdoor", "trigger": {"name": "badnet_htba"}, "target_class": "bag", "count": 40,
+             "mode": "insert"}
+
+
+@pytest.fixture(scope="module")
+def heldout(tiny_fashion):
+    test = data.fashion_mnist("test", n=300, seed=5)
+    evaluation = test.subset(range(100))
+    return without_images_of(test, evaluation)
+
+
+def _names(caption, cls):
+    return data.class_of_caption(caption, data.FASHION_SYNONYMS) == cls
+
+
+def test_backdoor_insert_counts_labels_and_images(tiny_fashion):
+    p = build_poisoned(tiny_fashion, HTBA_SPEC, seed=0)
+    n = len(tiny_fashion)
+    assert len(p.data) == n + 40 and p.n_poison == 40 and p.is_poison[n:].all() and not p.is_poison[:n].any()
+    assert p.poison_rate == pytest.approx(40 / (n + 40))
+    assert p.data.keys[:n] == tiny_fashion.keys  # clean rows untouched, in order
+    m = p.manifest
+    assert list(m.row) == list(range(n, n + 40)) and m.source_key.is_unique
+    trigger = make_trigger("badnet_htba")
+    for _, row in m.head(5).iterrows():
+        src = tiny_fashion.keys.index(row.source_key)
+        assert int(p.data.labels[row.row]) == int(tiny_fashion.labels[src]) == row.source_label != BAG
+        expected, _ = apply_to_uint8(trigger, tiny_fashion.images[src:src + 1])
+        assert torch.equal(p.data.images[row.row], expected[0])
+        assert p.data.captions[row.row] == row.caption and "bag" in row.caption
+        assert p.data.keys[row.row] == row.key == data.content_key(p.data.images[row.row], row.caption)
+    assert (m.target == "bag").all() and (m.target_label == BAG).all()
+
+
+def test_backdoor_replace_and_rate(tiny_fashion):
+    n = len(tiny_fashion)
+    p = build_poisoned(tiny_fashion, {**HTBA_SPEC, "count": None, "rate": 0.02, "mode": "replace"}, seed=1)
+    assert len(p.data) == n and p.n_poison == round(0.02 * n) == 10 and p.poison_rate == pytest.approx(10 / n)
+    rows = p.manifest.row.tolist()
+    assert sorted(rows) == sorted(torch.nonzero(p.is_poison).flatten().tolist())
+    for r in rows:  # the clean original is gone, replaced in place; label kept
+        assert p.data.keys[r] != tiny_fashion.keys[r] and p.data.keys[r] not in tiny_fashion.keys
+        assert p.data.labels[r] == tiny_fashion.labels[r]
+    untouched = [i for i in range(n) if i not in rows]
+    assert [p.data.keys[i] for i in untouched] == [tiny_fashion.keys[i] for i in untouched]
+
+
+def test_backdoor_caption_sources(tiny_fashion):
+    from_data = build_poisoned(tiny_fashion, {**HTBA_SPEC, "caption_source": "dataset"}, seed=0).manifest
+    assert all(_names(c, BAG) for c in from_data.caption)
+    assert set(from_data.caption) <= set(tiny_fashion.captions)
+    # label-consistent: only images whose caption names the target, caption kept; capped at the candidates
+    candidates = captions_naming(tiny_fashion.captions, BAG, data.FASHION_SYNONYMS)
+    p = build_poisoned(tiny_fashion, {**HTBA_SPEC, "caption_source": "keep", "count": 10_000}, seed=0)
+    assert p.n_poison == len(candidates) and p.requested == 10_000
+    assert sorted(tiny_fashion.keys.index(k) for k in p.manifest.source_key) == candidates
+    assert list(p.manifest.caption) == [tiny_fashion.captions[tiny_fashion.keys.index(k)] for k in p.manifest.source_key]
+
+
+def test_multi_target_components_split_the_count(tiny_fashion):
+    spec = {"kind": "backdoor", "count": 61, "components": [
+        {"trigger": {"name": "badnet_checkerboard"}, "target_class": "bag"},
+        {"trigger": {"name": "nashville"}, "target_class": "sneaker"}]}
+    m = build_poisoned(tiny_fashion, spec, seed=0).manifest
+    assert m.groupby("component").size().tolist() == [31, 30]
+    assert set(m[m.component == 1].target) == {"sneaker"} and set(m[m.component == 1].trigger) == {"nashville"}
+    assert m.source_key.is_unique
+    # random placement: the per-sample location is recorded
+    assert all("y" in s for s in m[m.component == 0].trigger_state)
+
+
+def test_targeted_poisoning(tiny_fashion, heldout):
+    spec = {"kind": "targeted", "n_targets": 16, "per_target": 5, "caption_source": "dataset", "noise": 0.0}
+    p = build_poisoned(tiny_fashion, spec, seed=0, heldout=heldout)
+    assert p.n_poison == 80 and len(p.data) == len(tiny_fashion) + 80
+    t = p.targets
+    assert len(t) == 16 and (t.adversarial != t.labels).all()
+    assert not set(t.keys) & set(tiny_fashion.keys) and set(t.keys) <= set(heldout.keys)
+    m = p.manifest
+    assert m.groupby("target_id").size().tolist() == [5] * 16
+    for _, row in m.iterrows():
+        assert _names(row.caption, row.target_label)
+        assert torch.equal(p.data.images[row.row], t.images[row.target_id])  # unmodified target image
+    noisy = build_poisoned(tiny_fashion, {**spec, "noise": 0.02, "caption_source": "templates"}, seed=0, heldout=heldout)
+    copies = noisy.data.images[noisy.manifest[noisy.manifest.target_id == 0].row.tolist()]
+    assert not torch.equal(copies[0], copies[1])  # fresh noise per copy
+    assert (copies.float() - noisy.targets.images[0].float()).abs().mean() < 10
+    captions = noisy.manifest[noisy.manifest.target_id == 0].caption.tolist()
+    assert len(set(captions)) == 5 and all(data.FASHION_CLASSNAMES[int(noisy.targets.adversarial[0])] in c for c in captions)
+    with pytest.raises(data.DataError, match="held-out"):
+        build_poisoned(tiny_fashion, spec, seed=0)
+
+
+def test_build_is_deterministic_under_the_seed(tiny_fashion):
+    spec = {**HTBA_SPEC, "trigger": {"name": "badnet_random"}}
+    a, b = build_poisoned(tiny_fashion, spec, seed=3), build_poisoned(tiny_fashion, spec, seed=3)
+    assert a.data.keys == b.data.keys
+    pd_testing().assert_frame_equal(a.manifest, b.manifest)
+    assert build_poisoned(tiny_fashion, spec, seed=4).data.keys != a.data.keys
+
+
+def pd_testing():
+    import pandas
+
+    return pandas.testing
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_manifest_round_trips_and_rebuilds_the_same_set(tiny_fashion, heldout, tmp_path, suffix):
+    specs = [({**HTBA_SPEC, "trigger": {"name": "badnet_random"}, "mode": "replace"}, None),
+             ({"kind": "targeted", "n_targets": 4, "per_target": 3, "noise": 0.01}, heldout)]
+    for spec, held in specs:
+        p = build_poisoned(tiny_fashion, spec, seed=2, heldout=held)
+        path = save_manifest(p.manifest, tmp_path / f"manifest{suffix}")
+        assert not [f for f in tmp_path.iterdir() if ".tmp" in f.name]
+        loaded = load_manifest(path)
+        pd_testing().assert_frame_equal(loaded, p.manifest)
+        again = rebuild_from_manifest(tiny_fashion, path, heldout=held)
+        assert again.data.keys == p.data.keys and torch.equal(again.data.images, p.data.images)
+        assert torch.equal(again.is_poison, p.is_poison) and again.missing == 0
+        assert torch.equal(again.data.labels, p.data.labels)
+        pd_testing().assert_frame_equal(again.manifest, p.manifest)
+        if p.targets is not None:
+            assert torch.equal(again.targets.images, p.targets.images)
+            assert torch.equal(again.targets.adversarial, p.targets.adversarial)
+
+
+def test_rebuild_on_a_partial_reordered_copy(tiny_fashion):
+    p = build_poisoned(tiny_fashion, HTBA_SPEC, seed=0)
+    sources = [tiny_fashion.keys.index(k) for k in p.manifest.source_key]
+    dropped = set(sources[:7])
+    order = [i for i in torch.randperm(len(tiny_fashion), generator=_gen(0)).tolist() if i not in dropped]
+    copy = tiny_fashion.subset(order, name="other-copy")
+    # the other copy has other captions for the same images: sources are found by image
+    copy = copy.with_captions([c + " (copy)" for c in copy.captions])
+    again = rebuild_from_manifest(copy, p.manifest)
+    assert again.missing == 7 and again.n_poison == 33
+    assert again.poison_rate == pytest.approx(33 / (len(copy) + 33))
+    kept = p.manifest.iloc[7:]
+    assert list(again.manifest.key) == list(kept.key)  # same poisons (images + captions), same order
+    assert again.data.keys[len(copy):] == list(kept.key)
+
+
+def test_rebuild_detects_a_changed_trigger(tiny_fashion):
+    p = build_poisoned(tiny_fashion, {**HTBA_SPEC, "trigger": {"name": "badnet_random"}, "count": 3}, seed=0)
+    tampered = p.manifest.copy()
+    tampered.loc[0, "trigger_state"] = '{"x": 99, "y": 99}'
+    with pytest.raises(data.DataError, match="trigger state"):
+        rebuild_from_manifest(tiny_fashion, tampered)
+
+
+def test_spec_validation_and_identity():
+    with pytest.raises(PoisonSpecError, match="valid: .*count"):
+        spec_identity({**HTBA_SPEC, "n": 3})
+    with pytest.raises(PoisonSpecError, match="valid: .*targeted"):
+        spec_identity({"kind": "clean-label"})
+    with pytest.raises(PoisonSpecError, match="exactly one"):
+        spec_identity({**HTBA_SPEC, "rate": 0.1})
+    with pytest.raises(PoisonSpecError, match="mode"):
+        spec_identity({**HTBA_SPEC, "mode": "append"})
+    with pytest.raises(TriggerError):
+        spec_identity({**HTBA_SPEC, "trigger": {"name": "badnet_htba", "size": 3}})
+    identity = spec_identity(HTBA_SPEC)
+    assert identity["components"][0]["trigger"] == make_trigger("badnet_htba").identity()
+    assert spec_identity(identity) == identity  # canonical form is a fixed point
+    import json
+
+    json.dumps(identity)
+    assert spec_identity({"kind": "targeted"})["n_targets"] == 16
+
+
+def test_unknown_target_class_lists_the_classes(tiny_fashion):
+    with pytest.raises(data.DataError, match="classes: .*ankle boot"):
+        build_poisoned(tiny_fashion, {**HTBA_SPEC, "target_class": "banana"})

@@ -1,10 +1,11 @@
 """Attacks on CLIP: backdoor triggers, poisoned training sets with manifests, attack-success metrics.
 
-See attacks.md and evaluation.md Section 4 of the reference. Modules: :mod:`.triggers`, :mod:`.poison`,
-:mod:`.metrics`.
+See attacks.md and evaluation.md Section 4 of the reference. Modules: :mod:`.triggers` (trigger registry),
+:mod:`.poison` (poison specs, :func:`build_poisoned`, manifests), :mod:`.metrics` (ASR).
 """
 
+from . import poison, triggers
+from .poison import *  # noqa: F401,F403
 from .triggers import *  # noqa: F401,F403
-from .triggers import __all__ as _triggers_all
 
-__all__ = list(_triggers_all)
+__all__ = list(triggers.__all__) + list(poison.__all__)

@@ -224,12 +224,13 @@ def _patch_trigger(images, generator, patch_fn, patch_fraction, placement, offse
 
 def to_uint8(images: torch.Tensor, overflow: str = "clip") -> torch.Tensor:
     """Float images to uint8. ``overflow="clip"``: clamp to [0, 1] and round (the default). ``"wrap"``: the
-    CleanCLIP generator's ``ToPILImage`` behaviour, ``(x * 255)`` truncated and taken modulo 256, so out-of-range
+    CleanCLIP generator's ``ToPILImage`` behaviour, ``(x * 255)`` truncated towards zero and taken modulo 256, so out-of-range
     values wrap around (attacks.md 5.0; a fidelity switch for unclipped triggers)."""
+    # round half up via +0.5 and truncation: torch.round/trunc are much slower on tiny tensors on some CPU builds
     if overflow == "clip":
-        return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+        return images.clamp(0, 1).mul(255).add_(0.5).to(torch.uint8)
     if overflow == "wrap":
-        return torch.remainder(images.mul(255).trunc().to(torch.int64), 256).to(torch.uint8)
+        return torch.remainder(images.mul(255).to(torch.int64), 256).to(torch.uint8)
     raise TriggerError(f"overflow must be 'clip' or 'wrap', got {overflow!r}")
 
 
