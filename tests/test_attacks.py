@@ -398,3 +398,148 @@ def test_spec_validation_and_identity():
 def test_unknown_target_class_lists_the_classes(tiny_fashion):
     with pytest.raises(data.DataError, match="classes: .*ankle boot"):
         build_poisoned(tiny_fashion, {**HTBA_SPEC, "target_class": "banana"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------------
+
+import re  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from clipguard.attacks import (TargetSet, backdoor_asr, backdoor_success, cleanclip_release_asr,  # noqa: E402
+                               mean_interval, multi_target_backdoor_asr, targeted_asr, targeted_success)
+
+TOY_CLASSES = [f"c{i}" for i in range(8)]
+TOY_TEMPLATES = ["a photo of a {}.", "itap of my {}."]
+
+
+class PlantedModel(nn.Module):
+    """Toy CLIP with planted predictions. Text: one-hot of the class named in the caption. Image: first choice
+    ``p`` and second choice ``q`` read from the bottom-right pixel (red and blue channel, in units of 20/255);
+    a yellow top-left pixel (the trigger) turns the prediction into ``target`` when the green channel of the
+    bottom-right pixel (the 'susceptible' flag) is set."""
+
+    def __init__(self, target=2):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.target = target
+
+    def encode_text(self, captions, normalize=True):
+        out = torch.zeros(len(captions), len(TOY_CLASSES))
+        for i, caption in enumerate(captions):
+            out[i, int(re.search(r"c(\d)", caption).group(1))] = 1.0
+        return out
+
+    def encode_image(self, images, normalize=True):
+        corner = images[:, :, -1, -1]
+        p = (corner[:, 0] * 255 / 20).round().long()
+        q = (corner[:, 2] * 255 / 20).round().long()
+        susceptible = corner[:, 1] > 0.5
+        top_left = images[:, :, 0, 0]
+        triggered = (top_left[:, 0] > 0.99) & (top_left[:, 1] > 0.99) & (top_left[:, 2] < 0.01)
+        p = torch.where(triggered & susceptible, torch.full_like(p, self.target), p)
+        out = torch.zeros(len(images), len(TOY_CLASSES))
+        out[torch.arange(len(images)), q] = 0.5
+        out[torch.arange(len(images)), p] = 1.0
+        return torch.nn.functional.normalize(out, dim=1)
+
+
+def _planted_images(first, second=None, susceptible=None, size=8):
+    n = len(first)
+    images = torch.full((n, 3, size, size), 128, dtype=torch.uint8)
+    images[:, 0, -1, -1] = torch.tensor(first, dtype=torch.uint8) * 20
+    images[:, 2, -1, -1] = torch.tensor(second if second is not None else [(f + 1) % 8 for f in first],
+                                        dtype=torch.uint8) * 20
+    images[:, 1, -1, -1] = torch.tensor(susceptible if susceptible is not None else [0] * n, dtype=torch.uint8) * 255
+    return images
+
+
+def test_pure_success_functions_on_hand_made_logits():
+    logits = torch.tensor([[0.9, 0.5, 0.1, 0.0],
+                           [0.1, 0.2, 0.8, 0.3],
+                           [0.0, 0.7, 0.6, 0.1],
+                           [0.4, 0.3, 0.2, 0.9]])
+    # targeted: adversarial labels 0, 3, 2, 1 -> top-1 hits: row 0 only; top-2: rows 0, 1 (3 is 2nd), 2 (2 is 2nd)
+    assert targeted_success(logits, [0, 3, 2, 1], k=1).successes == 1
+    top2 = targeted_success(logits, [0, 3, 2, 1], k=2)
+    assert (top2.successes, top2.total, top2.per_item.tolist()) == (3, 4, [True, True, True, False])
+    assert targeted_success(logits, [0, 3, 2, 1], k=10).successes == 4  # k capped at the class count
+    # backdoor, target 2: true labels 0, 2, 1, 3 -> row 1 (already class 2) excluded; argmax of the rest: 0, 1, 3
+    result = backdoor_success(logits, [0, 2, 1, 3], target=2)
+    assert (result.successes, result.total, result.rate) == (0, 3, 0.0)
+    result = backdoor_success(logits, [0, 1, 1, 3], target=2)
+    assert (result.successes, result.total) == (1, 4) and result.per_item.tolist() == [False, True, False, False]
+    assert backdoor_success(logits, [0, 1, 1, 3], target=2, k=2).successes == 2
+    # CleanCLIP release variants (for comparison only): accuracy vs true labels; fixed; probe denominator
+    assert cleanclip_release_asr(logits, [0, 1, 1, 3], 2).successes == 3  # rows 0, 2, 3 correct
+    assert cleanclip_release_asr(logits, [0, 2, 1, 3], 2, "zeroshot_fixed").rate == 0.25
+    probe = cleanclip_release_asr(logits, [0, 2, 1, 3], 2, "probe")
+    assert (probe.successes, probe.total) == (0, 4)
+
+
+def test_backdoor_asr_on_a_toy_model_with_planted_predictions():
+    labels = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+    planted = [0, 1, 2, 2, 4, 0, 3, 2, 3, 1]
+    susceptible = [1, 0, 1, 0, 1, 1, 0, 0, 0, 1]
+    test = data.ImageCaptionSet(_planted_images(planted, susceptible=susceptible), None, torch.tensor(labels),
+                                TOY_CLASSES, TOY_TEMPLATES, name="toy")
+    model = PlantedModel(target=2)
+    trigger = make_trigger("badnet_yellow", placement="top_left", patch_fraction=0.25)
+    result = backdoor_asr(model, test, trigger, "c2", batch_size=4, per_item=True)
+    # eligible rows (label != 2): 0 1 3 4 5 6 8 9; successes: susceptible (0 4 5 9) or already predicted 2 (3)
+    assert (result["successes"], result["total"], result["asr"]) == (5, 8, 0.625)
+    assert result["n_excluded"] == 2 and result["placement"] == "top_left" and result["target"] == "c2"
+    assert result["per_item"] == [1, 0, 1, 1, 1, 0, 0, 1]
+    # without the trigger at the place the model looks, only the planted class-2 prediction counts
+    elsewhere = backdoor_asr(model, test, trigger.with_params(placement="bottom_left"), 2)
+    assert elsewhere["successes"] == 1
+    # the random-location trigger needs a generator; same generator seed, same answer
+    random_trigger = make_trigger("badnet_yellow", patch_fraction=0.25)
+    first = backdoor_asr(model, test, random_trigger, 2, torch.Generator().manual_seed(0))
+    assert first == backdoor_asr(model, test, random_trigger, 2, torch.Generator().manual_seed(0))
+    # the CleanCLIP release's number on the same triggered images: accuracy against the true labels = 4/10
+    logits = model.encode_image(trigger(test.float_images())) @ model.encode_text([f"c{i}" for i in range(8)]).T
+    assert cleanclip_release_asr(logits, test.labels, 2).rate == pytest.approx(0.4)
+    assert cleanclip_release_asr(logits, test.labels, 2, "zeroshot_fixed").rate == pytest.approx(0.7)
+    assert cleanclip_release_asr(logits, test.labels, 2, "probe").rate == pytest.approx(0.5)
+    multi = multi_target_backdoor_asr(model, test, [{"trigger": trigger.identity(), "target_class": "c2"},
+                                                    {"trigger": trigger.identity(), "target_class": "c4"}])
+    assert multi["0:badnet_yellow->c2"]["successes"] == 5
+    assert multi["1:badnet_yellow->c4"]["total"] == 8
+
+
+def test_targeted_asr_on_a_toy_model_with_planted_predictions():
+    # first choices 1 2 3 4, second 5 6 7 0; adversarial 1 6 0 4 -> top-1: targets 0 and 3; top-2: also target 1
+    targets = TargetSet(images=_planted_images([1, 2, 3, 4], [5, 6, 7, 0]), labels=torch.tensor([0, 0, 1, 1]),
+                        adversarial=torch.tensor([1, 6, 0, 4]), keys=["a", "b", "c", "d"], classnames=TOY_CLASSES)
+    result = targeted_asr(PlantedModel(), targets, TOY_CLASSES, TOY_TEMPLATES, ks=(1, 2))
+    assert result["n_targets"] == 4
+    assert (result["top1_successes"], result["top1_asr"]) == (2, 0.5)
+    assert (result["top2_successes"], result["top2_asr"]) == (3, 0.75)
+    assert result["per_target_top1"] == [1, 0, 0, 1] and result["per_target_top2"] == [1, 1, 0, 1]
+
+
+def test_targeted_asr_runs_on_a_real_model_and_poisoned_set(tiny_fashion, heldout):
+    from clipguard.models import build_model
+
+    p = build_poisoned(tiny_fashion, {"kind": "targeted", "n_targets": 3, "per_target": 2}, seed=0, heldout=heldout)
+    result = targeted_asr(build_model("clipguard-tiny"), p, templates=["a photo of a {}."])
+    assert result["n_targets"] == 3 and 0 <= result["top1_asr"] <= result["top5_asr"] <= 1
+    assert result["top1_successes"] == sum(result["per_target_top1"])
+
+
+def test_mean_interval():
+    t = mean_interval([0.5, 0.75, 1.0])
+    half = 4.302652729911275 * 0.25 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n)
+    assert t["mean"] == pytest.approx(0.75) and t["std"] == pytest.approx(0.25)
+    assert (t["low"], t["high"]) == (pytest.approx(0.75 - half), pytest.approx(0.75 + half))
+    single = mean_interval([0.3])
+    assert single["mean"] == 0.3 and math.isnan(single["low"]) and single["n"] == 1
+    assert mean_interval([0.2] * 5, method="bootstrap")["low"] == pytest.approx(0.2)
+    boot = mean_interval([0, 1] * 200, method="bootstrap", n_boot=2000, seed=1)
+    assert boot["low"] < 0.5 < boot["high"] and boot["half_width"] == pytest.approx(1.96 * 0.5 / math.sqrt(400), rel=0.15)
+    assert mean_interval([0, 1] * 200, method="bootstrap", n_boot=2000, seed=1) == boot  # deterministic under seed
+    with pytest.raises(ValueError, match="method"):
+        mean_interval([1, 2], method="normal")

@@ -4,8 +4,9 @@ See attacks.md and evaluation.md Section 4 of the reference. Modules: :mod:`.tri
 :mod:`.poison` (poison specs, :func:`build_poisoned`, manifests), :mod:`.metrics` (ASR).
 """
 
-from . import poison, triggers
+from . import metrics, poison, triggers
+from .metrics import *  # noqa: F401,F403
 from .poison import *  # noqa: F401,F403
 from .triggers import *  # noqa: F401,F403
 
-__all__ = list(triggers.__all__) + list(poison.__all__)
+__all__ = list(triggers.__all__) + list(poison.__all__) + list(metrics.__all__)
