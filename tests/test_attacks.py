@@ -543,3 +543,36 @@ def test_mean_interval():
     assert mean_interval([0, 1] * 200, method="bootstrap", n_boot=2000, seed=1) == boot  # deterministic under seed
     with pytest.raises(ValueError, match="method"):
         mean_interval([1, 2], method="normal")
+
+
+def test_experiment_hooks_register_poisoners_and_evaluators(tmp_path):
+    from clipguard import experiments
+    from clipguard.models import build_model
+
+    assert {"backdoor", "targeted"} <= set(experiments.POISONERS)
+    assert {"backdoor_asr", "targeted_asr"} <= set(experiments.EVALUATORS)
+    spec = experiments.clip_spec("smoke", poison={**HTBA_SPEC, "trigger": {"name": "badnet_yellow"}, "count": 20})
+    prepared = experiments.prepare(spec)
+    info = prepared.info
+    assert info["count"] == 20 and int(info["is_poison"].sum()) == 20
+    assert len(prepared.train_data) == spec["data"]["n"] + 20
+    info["savers"][0](tmp_path)
+    assert len(load_manifest(tmp_path / "poison_manifest.csv")) == 20
+    # evaluate on a small test subset with one template to stay fast
+    prepared.test = prepared.test.subset(range(40))
+    prepared.test.templates = ["a photo of a {}."]
+    model = build_model("clipguard-tiny")
+    result = experiments.EVALUATORS["backdoor_asr"](model, {**spec, "placement": "center"}, prepared)
+    assert result["backdoor_placement"] == "center" and 0 <= result["backdoor_asr"] <= 1
+    assert result["backdoor_total"] == 40 - int((prepared.test.labels == BAG).sum())
+    assert experiments.EVALUATORS["targeted_asr"](model, spec, prepared) == {}
+
+    targeted = experiments.clip_spec("smoke", poison={"kind": "targeted", "n_targets": 3, "per_target": 2, "seed": 4})
+    prepared = experiments.prepare(targeted)
+    targets = prepared.info["poisoned"].targets
+    assert len(targets) == 3 and not set(targets.keys) & set(prepared.test.keys)
+    test_images = {bytes(img.numpy()) for img in prepared.test.images}
+    assert not any(bytes(img.numpy()) in test_images for img in targets.images)  # held out from evaluation
+    prepared.test.templates = ["a photo of a {}."]
+    result = experiments.EVALUATORS["targeted_asr"](model, targeted, prepared)
+    assert result["targeted_n_targets"] == 3 and experiments.EVALUATORS["backdoor_asr"](model, targeted, prepared) == {}
