@@ -1,12 +1,21 @@
 """Attacks: triggers (shape, range, what changes, determinism), poisoned sets and manifests, ASR metrics."""
 
+import json
 import math
+import re
 
+import pandas as pd
 import pytest
 import torch
+from torch import nn
 
-from clipguard.attacks import (PLACEMENTS, TRIGGERS, TriggerError, apply_to_uint8, make_trigger, patch_side,
-                               to_uint8, trigger_artefacts, wanet_displacement, wanet_grid)
+from clipguard import data
+from clipguard.attacks import (PLACEMENTS, TRIGGERS, PoisonSpecError, TargetSet, TriggerError, apply_to_uint8,
+                               backdoor_asr, backdoor_success, build_poisoned, captions_naming,
+                               cleanclip_release_asr, load_manifest, make_trigger, mean_interval,
+                               multi_target_backdoor_asr, patch_side, rebuild_from_manifest, save_manifest,
+                               spec_identity, targeted_asr, targeted_success, to_uint8, trigger_artefacts,
+                               wanet_displacement, wanet_grid, without_images_of)
 
 MULTI = {"name": "multi", "triggers": [{"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"}]}
 
@@ -219,9 +228,6 @@ def test_uint8_conversion_clip_and_cleanclip_wrap():
 # Poisoned sets and manifests
 # ---------------------------------------------------------------------------------------------------------------
 
-from clipguard import data  # noqa: E402
-from clipguard.attacks import (PoisonSpecError, build_poisoned, captions_naming, load_manifest,  # noqa: E402
-                               rebuild_from_manifest, save_manifest, spec_identity, without_images_of)
 
 BAG = data.FASHION_CLASSNAMES.index("bag")
 HTBA_SPEC = {"kind": "backdoor", "trigger": {"name": "badnet_htba"}, "target_class": "bag", "count": 40,
@@ -321,14 +327,8 @@ def test_build_is_deterministic_under_the_seed(tiny_fashion):
     spec = {**HTBA_SPEC, "trigger": {"name": "badnet_random"}}
     a, b = build_poisoned(tiny_fashion, spec, seed=3), build_poisoned(tiny_fashion, spec, seed=3)
     assert a.data.keys == b.data.keys
-    pd_testing().assert_frame_equal(a.manifest, b.manifest)
+    pd.testing.assert_frame_equal(a.manifest, b.manifest)
     assert build_poisoned(tiny_fashion, spec, seed=4).data.keys != a.data.keys
-
-
-def pd_testing():
-    import pandas
-
-    return pandas.testing
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -340,12 +340,12 @@ def test_manifest_round_trips_and_rebuilds_the_same_set(tiny_fashion, heldout, t
         path = save_manifest(p.manifest, tmp_path / f"manifest{suffix}")
         assert not [f for f in tmp_path.iterdir() if ".tmp" in f.name]
         loaded = load_manifest(path)
-        pd_testing().assert_frame_equal(loaded, p.manifest)
+        pd.testing.assert_frame_equal(loaded, p.manifest)
         again = rebuild_from_manifest(tiny_fashion, path, heldout=held)
         assert again.data.keys == p.data.keys and torch.equal(again.data.images, p.data.images)
         assert torch.equal(again.is_poison, p.is_poison) and again.missing == 0
         assert torch.equal(again.data.labels, p.data.labels)
-        pd_testing().assert_frame_equal(again.manifest, p.manifest)
+        pd.testing.assert_frame_equal(again.manifest, p.manifest)
         if p.targets is not None:
             assert torch.equal(again.targets.images, p.targets.images)
             assert torch.equal(again.targets.adversarial, p.targets.adversarial)
@@ -389,8 +389,6 @@ def test_spec_validation_and_identity():
     identity = spec_identity(HTBA_SPEC)
     assert identity["components"][0]["trigger"] == make_trigger("badnet_htba").identity()
     assert spec_identity(identity) == identity  # canonical form is a fixed point
-    import json
-
     json.dumps(identity)
     assert spec_identity({"kind": "targeted"})["n_targets"] == 16
 
@@ -404,12 +402,6 @@ def test_unknown_target_class_lists_the_classes(tiny_fashion):
 # Metrics
 # ---------------------------------------------------------------------------------------------------------------
 
-import re  # noqa: E402
-
-from torch import nn  # noqa: E402
-
-from clipguard.attacks import (TargetSet, backdoor_asr, backdoor_success, cleanclip_release_asr,  # noqa: E402
-                               mean_interval, multi_target_backdoor_asr, targeted_asr, targeted_success)
 
 TOY_CLASSES = [f"c{i}" for i in range(8)]
 TOY_TEMPLATES = ["a photo of a {}.", "itap of my {}."]
