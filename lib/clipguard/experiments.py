@@ -70,6 +70,14 @@ def _shapes(split: str, n: int | None, seed: int, image_size: int) -> data_lib.I
     return data_lib.shapes(n or 10000, seed=seed * 2 + (split == "test"), image_size=image_size)
 
 
+def load_plugins() -> None:
+    """Import the modules that register attacks and defences (they import this module, so not at the top)."""
+    import importlib
+
+    for module in ("clipguard.attacks", "clipguard.defenses"):
+        importlib.import_module(module)
+
+
 def load_dataset(spec: dict) -> data_lib.ImageCaptionSet:
     """``{"name", "split", "n", "seed", "image_size"}`` -> dataset."""
     spec = dict(spec)
@@ -126,6 +134,7 @@ class Prepared:
         self.train_data = self.clean
         poison = spec.get("poison")
         if poison:
+            load_plugins()
             kind = poison.get("kind")
             if kind not in POISONERS:
                 raise ValueError(f"unknown poison kind {kind!r}; registered: {sorted(POISONERS)} "
@@ -148,6 +157,7 @@ def make_objective(spec: dict, prepared: Prepared):
     name = objective.get("name", "clip")
     if name == "clip" and set(objective) == {"name"}:
         return ClipObjective()
+    load_plugins()
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES) + ['clip']} "
                          "(import clipguard.defenses to register the defences)")
@@ -199,6 +209,7 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     spec = copy.deepcopy(spec)
     store = store or RunStore(spec.get("profile", "cpu"))
     prepared = Prepared(spec)
+    load_plugins()
     for entry in spec.get("evaluate", []):
         name, _ = _evaluator_name(entry)
         if name not in EVALUATORS:
