@@ -75,3 +75,30 @@ def test_roclip_trains_logs_matching_and_resumes_exactly(tmp_path):
     resumed = train(models.build_model("clipguard-tiny", seed=0), dataset, objective(), config, run_dir=tmp_path)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_objective_specs_build_the_registered_objectives():
+    from clipguard import experiments
+    from clipguard.augment import CaptionAugmenter, ImagePolicy
+
+    dataset = data.shapes(n=50, seed=0, image_size=16)
+    poison = torch.zeros(50, dtype=torch.bool)
+    poison[:3] = True
+    objective = experiments.OBJECTIVES["roclip"]({"name": "roclip", "pool_fraction": 0.1, "every": 2}, dataset,
+                                                 {"is_poison": poison, "seed": 3})
+    assert isinstance(objective, RoCLIPObjective)
+    assert objective.config.pool_size == 5 and objective.config.every == 2
+    assert isinstance(objective.image_augment, ImagePolicy) and isinstance(objective.text_augment, CaptionAugmenter)
+    assert (objective.adversarial_category[3:] == -1).all()
+    plain = experiments.OBJECTIVES["clip"]({"name": "clip"}, dataset, {})
+    assert plain.image_augment is None and plain.text_augment is None
+    with pytest.raises(ValueError, match="pool_sise"):
+        experiments.OBJECTIVES["roclip"]({"name": "roclip", "pool_sise": 3}, dataset, {})
+
+
+def test_caption_categories_follow_class_words():
+    from clipguard.defenses import caption_categories
+
+    dataset = data.fashion_mnist("test", n=20, seed=0)
+    categories = caption_categories(dataset)
+    assert (categories == dataset.labels).float().mean() > 0.9

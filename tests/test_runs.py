@@ -52,8 +52,17 @@ def test_changed_code_never_reuses(store, monkeypatch):
     assert len(calls) == 2
 
 
-def test_presentation_modules_do_not_change_code_identity():
-    assert "plots.py" in runs.PRESENTATION_MODULES and "notebooks.py" in runs.PRESENTATION_MODULES
+def test_code_identity_ignores_presentation_and_consumer_modules(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "detect").mkdir(parents=True)
+    for name in ("train.py", "plots.py", "detect/knn.py"):
+        (package / name).write_text("x = 1\n")
+    before = runs.code_identity(package)
+    (package / "plots.py").write_text("x = 2\n")
+    (package / "detect" / "knn.py").write_text("x = 2\n")
+    assert runs.code_identity(package) == before
+    (package / "train.py").write_text("x = 2\n")
+    assert runs.code_identity(package) != before
 
 
 def test_failed_training_leaves_no_complete_run(store):

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from .losses import clip_loss, gather_features
 from .train import ClipObjective, Context, Pass
 
-__all__ = ["CaptionPool", "RoCLIPConfig", "RoCLIPObjective", "roclip_loss", "nearest_in_pool"]
+__all__ = ["CaptionPool", "RoCLIPConfig", "RoCLIPObjective", "roclip_loss", "nearest_in_pool", "caption_categories",
+           "augmentation_hooks"]
 
 
 class CaptionPool:
@@ -209,3 +210,78 @@ class RoCLIPObjective(ClipObjective):
     def identity(self) -> dict:
         return {"objective": self.name, **asdict(self.config), "image_augment": repr(self.image_augment),
                 "text_augment": repr(self.text_augment)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registration with clipguard.experiments: objective specs -> objectives
+# --------------------------------------------------------------------------------------------------------------
+
+def caption_categories(dataset) -> torch.Tensor:
+    """Category of every caption (-1 = none) by class-word match: Fashion-MNIST synonyms, else the class names."""
+    from .data import FASHION_CLASSNAMES, FASHION_SYNONYMS, class_of_caption
+
+    if dataset.classnames == FASHION_CLASSNAMES:
+        synonyms = FASHION_SYNONYMS
+    elif dataset.classnames:
+        synonyms = [[name] for name in dataset.classnames]
+    else:
+        return torch.full((len(dataset),), -1, dtype=torch.long)
+    found = [class_of_caption(c, synonyms) for c in dataset.captions]
+    return torch.tensor([-1 if c is None else c for c in found], dtype=torch.long)
+
+
+def augmentation_hooks(spec: dict, seed: int) -> tuple[Callable | None, Callable | None]:
+    """Image and caption augmentation hooks from an objective spec: ``augment`` (bool), ``image_policy`` (dict of
+    :class:`clipguard.augment.ImagePolicy` fields), ``caption_resample`` (EDA per epoch, default True; False is the
+    released code's fixed-once caption)."""
+    if not spec.get("augment", False):
+        return None, None
+    from .augment import CaptionAugmenter, ImagePolicy
+
+    policy = spec.get("image_policy") or {}
+    policy = {k: tuple(v) if isinstance(v, list) else v for k, v in policy.items()}
+    return ImagePolicy(**policy), CaptionAugmenter(seed=seed, resample=spec.get("caption_resample", True))
+
+
+_OBJECTIVE_FIELDS = {
+    "clip": {"name", "augment", "image_policy", "caption_resample"},
+    "roclip": {"name", "augment", "image_policy", "caption_resample", "pool_size", "pool_fraction", "every",
+               "pool_init", "refresh_in_clip_epochs"},
+}
+
+
+def _check_fields(spec: dict) -> None:
+    allowed = _OBJECTIVE_FIELDS[spec["name"]]
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)} for objective {spec['name']!r}; allowed: {sorted(allowed)}")
+
+
+def _register() -> None:
+    from . import experiments
+
+    @experiments.register_objective("clip")
+    def clip_objective(spec: dict, train_data, info: dict) -> ClipObjective:
+        _check_fields(spec)
+        return ClipObjective(*augmentation_hooks(spec, info.get("seed", 0)))
+
+    @experiments.register_objective("roclip")
+    def roclip_objective(spec: dict, train_data, info: dict) -> RoCLIPObjective:
+        _check_fields(spec)
+        spec = {"augment": True, **spec}
+        pool_size = spec.get("pool_size") or max(1, round(spec.get("pool_fraction", 0.02) * len(train_data)))
+        config = RoCLIPConfig(pool_size=pool_size, every=spec.get("every", 3),
+                              pool_init=spec.get("pool_init", "captions"),
+                              refresh_in_clip_epochs=spec.get("refresh_in_clip_epochs", True),
+                              augment=spec["augment"])
+        categories = caption_categories(train_data)
+        poison = info.get("is_poison")
+        adversarial = None
+        if poison is not None:
+            adversarial = torch.where(poison, categories, torch.full_like(categories, -1))
+        image_hook, text_hook = augmentation_hooks(spec, info.get("seed", 0))
+        return RoCLIPObjective(config, image_hook, text_hook, categories=categories, poison_mask=poison,
+                               adversarial_category=adversarial)
+
+
+_register()

@@ -161,7 +161,7 @@ def make_objective(spec: dict, prepared: Prepared):
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES) + ['clip']} "
                          "(import clipguard.defenses to register the defences)")
-    return OBJECTIVES[name](objective, prepared.train_data, prepared.info)
+    return OBJECTIVES[name](objective, prepared.train_data, {**prepared.info, "seed": spec["train"]["seed"]})
 
 
 @register_evaluator("zeroshot")

@@ -38,6 +38,8 @@ REPO_ROOT = PACKAGE_DIR.parent.parent
 DEFAULT_ROOT = Path(os.environ.get("CLIPGUARD_RESULTS", REPO_ROOT / "results"))
 #: Modules that only present results; editing them must not invalidate stored runs.
 PRESENTATION_MODULES = {"plots.py", "notebooks.py", "book.py", "tables.py"}
+#: Modules that only consume stored runs (detectors score embeddings of trained models; they never train one).
+CONSUMER_MODULES = {"detect"}
 _VERSIONED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "faiss-cpu", "nltk")
 
 
@@ -64,12 +66,16 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def code_identity() -> str:
-    """Hash of the library's computational source files (presentation modules excluded) and model configs."""
+def code_identity(package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash of the library's computational source files and model configs (presentation modules and the modules
+    that only consume runs are excluded, so restyling a plot or tuning a detector never retrains)."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
+    for path in sorted(package_dir.rglob("*")):
+        relative = path.relative_to(package_dir)
+        if Path(relative.parts[0]).stem in CONSUMER_MODULES:
+            continue
         if path.suffix in (".py", ".json") and path.name not in PRESENTATION_MODULES and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
+            digest.update(str(relative).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
