@@ -1,0 +1,11 @@
+"""Backdoor-sample detection on CLIP embeddings (Huang et al., ICLR 2025; detectors.md).
+
+:mod:`.knn` (exact blocked kNN, faiss approximate kNN), :mod:`.scores` (detectors, higher = more suspicious),
+:mod:`.metrics` (AUROC, PR-AUC, FPR/error at TPR 95%, ...). This package only consumes embeddings of stored runs,
+so it is excluded from the run store's code identity (editing it never retrains).
+"""
+
+from .knn import *  # noqa: F401,F403
+from .metrics import *  # noqa: F401,F403
+from .scores import *  # noqa: F401,F403
+from . import knn as knn_module, metrics, scores  # noqa: F401
