@@ -323,6 +323,18 @@ def test_targeted_poisoning(tiny_fashion, heldout):
         build_poisoned(tiny_fashion, spec, seed=0)
 
 
+def test_targeted_similar_pairs_pick_partner_classes(tiny_fashion, heldout):
+    pairs = [["shirt", "t-shirt"], ["sneaker", "ankle boot"]]
+    spec = {"kind": "targeted", "n_targets": 6, "per_target": 2, "similar_pairs": pairs}
+    t = build_poisoned(tiny_fashion, spec, seed=0, heldout=heldout).targets
+    names = data.FASHION_CLASSNAMES
+    partner = {"shirt": "t-shirt", "t-shirt": "shirt", "sneaker": "ankle boot", "ankle boot": "sneaker"}
+    for true, adversarial in zip(t.labels.tolist(), t.adversarial.tolist()):
+        assert partner[names[true]] == names[adversarial]
+    with pytest.raises(PoisonSpecError, match="two different"):
+        build_poisoned(tiny_fashion, {**spec, "similar_pairs": [["shirt", "shirt"]]}, seed=0, heldout=heldout)
+
+
 def test_build_is_deterministic_under_the_seed(tiny_fashion):
     spec = {**HTBA_SPEC, "trigger": {"name": "badnet_random"}}
     a, b = build_poisoned(tiny_fashion, spec, seed=3), build_poisoned(tiny_fashion, spec, seed=3)

@@ -168,6 +168,9 @@ class TargetedSpec:
     there are enough; RoCLIP's release notebook), ``"templates"`` fills the prompt templates (a random subset,
     repeated when ``per_target`` exceeds their number). ``noise`` adds Gaussian noise of that std (on [0, 1]) to
     each copy, to evade de-duplication (RoCLIP Sec. 3.2). RoCLIP: 16 targets; 50 (moderate) to 10,000 per target.
+    ``similar_pairs``: the adaptive attack of RoCLIP Fig. 4 / Appendix 7.2: a list of ``[class_a, class_b]`` pairs
+    of visually similar classes; targets are drawn only among held-out images of a paired class, and the
+    adversarial class is its partner (random among partners).
     """
 
     n_targets: int = 16
@@ -175,6 +178,7 @@ class TargetedSpec:
     caption_source: str = "dataset"
     noise: float = 0.0
     adversarial_classes: list | None = None
+    similar_pairs: list | None = None
     synonyms: list | None = None
     templates: list | None = None
     overflow: str = "clip"
@@ -413,6 +417,20 @@ def _plan_backdoor(clean: ImageCaptionSet, spec: BackdoorSpec, seed: int, heldou
     return rows, total
 
 
+def _partners(classnames: list[str], pairs: list | None) -> dict[int, list[int]] | None:
+    """Class index -> indices of the classes it is paired with (both directions), or None without pairs."""
+    if pairs is None:
+        return None
+    partners: dict[int, list[int]] = {}
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise PoisonSpecError(f"similar_pairs entries must be two different class names, got {pair!r}")
+        a, b = (_class_index(classnames, c) for c in pair)
+        partners.setdefault(a, []).append(b)
+        partners.setdefault(b, []).append(a)
+    return partners
+
+
 def _plan_targeted(clean: ImageCaptionSet, spec: TargetedSpec, seed: int, heldout: ImageCaptionSet | None
                    ) -> tuple[list[dict], int]:
     if heldout is None:
@@ -429,13 +447,18 @@ def _plan_targeted(clean: ImageCaptionSet, spec: TargetedSpec, seed: int, heldou
     templates = spec.templates or clean.templates or CLIP_TEMPLATES
     candidates = (list(range(len(classnames))) if spec.adversarial_classes is None
                   else [_class_index(classnames, c) for c in spec.adversarial_classes])
+    partners = _partners(classnames, spec.similar_pairs)
+    eligible = (np.arange(len(heldout)) if partners is None
+                else np.flatnonzero(np.isin(heldout.labels.numpy(), sorted(partners))))
+    if spec.n_targets > len(eligible):
+        raise DataError(f"{spec.n_targets} targets asked for, the held-out set has {len(eligible)} eligible rows")
     rng = _rng(seed, 1)
-    target_rows = [int(i) for i in rng.choice(len(heldout), size=spec.n_targets, replace=False)]
+    target_rows = [int(eligible[i]) for i in rng.choice(len(eligible), size=spec.n_targets, replace=False)]
     train_classes = None
     rows = []
     for tid, src in enumerate(target_rows):
         true = int(heldout.labels[src])
-        allowed = [c for c in candidates if c != true]
+        allowed = [c for c in candidates if c != true] if partners is None else partners[true]
         if not allowed:
             raise DataError(f"no adversarial class other than the true class {classnames[true]!r}")
         adversarial = allowed[int(rng.integers(0, len(allowed)))]
