@@ -42,8 +42,11 @@ class Neighbours:
         return Neighbours(self.distances[rows], self.indices[rows], self.metric)
 
 
-def _as_tensor(x, device, dtype) -> torch.Tensor:
+def _as_tensor(x, device, dtype=None) -> torch.Tensor:
+    """``x`` on ``device``; ``dtype=None`` keeps a floating dtype (fp64 input stays fp64 for the exact refinement)."""
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if dtype is None and not t.is_floating_point():
+        dtype = torch.float32
     return t.detach().to(device=device, dtype=dtype)
 
 
@@ -88,8 +91,10 @@ def _exclusions(exclude, n_query: int, n_ref: int, same: bool) -> np.ndarray | N
 def _refine(Q: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Exact fp64 distances of the selected pairs computed from differences (duplicates give exactly 0, where the
     GEMM expansion leaves rounding noise of order sqrt(eps)·||x||), then re-sorted by (distance, index)."""
-    q = Q.to(torch.float64)
-    diff = q[:, None, :] - R.to(torch.float64)[idx]
+    q, r = Q.to(torch.float64), R.to(torch.float64)[idx]
+    if metric == "cosine":   # normalise in fp64 from the raw rows
+        q, r = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(r, dim=-1)
+    diff = q[:, None, :] - r
     sq = (diff * diff).sum(-1)
     dist = sq / 2 if metric == "cosine" else sq.sqrt()
     dist, idx = dist.cpu().numpy(), idx.cpu().numpy()
@@ -99,12 +104,19 @@ def _refine(Q: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, metric: str) ->
 
 def _prepare(query, reference, metric, device, dtype):
     same = reference is None or reference is query
-    Q = _as_tensor(query, device, dtype)
-    R = Q if same else _as_tensor(reference, device, dtype)
-    if metric == "cosine":
-        Q = torch.nn.functional.normalize(Q, dim=1)
-        R = Q if same else torch.nn.functional.normalize(R, dim=1)
+    Q = _as_tensor(query, device)
+    R = Q if same else _as_tensor(reference, device)
     return Q, R, same
+
+
+def _search_space(Q, R, same, metric, dtype=torch.float32):
+    """The matrices the search runs on: ``dtype`` copies, L2-normalised for the cosine metric."""
+    Q = Q.to(dtype)
+    R = Q if same else R.to(dtype)
+    if metric != "cosine":
+        return Q, R
+    Qn = torch.nn.functional.normalize(Q, dim=1)
+    return Qn, (Qn if same else torch.nn.functional.normalize(R, dim=1))
 
 
 @torch.no_grad()
@@ -118,11 +130,12 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     extra memory is one block. The k winners get ``+||q||²``, are clamped at 0 and square-rooted, then (``refine``)
     recomputed exactly in fp64 from the differences. ``exclude``: ``"auto"`` (= ``"self"`` when ``reference`` is
     ``None`` or the query object), ``None``, ``"self"``, or ``[Nq, m]`` reference indices to skip per query row."""
-    Q, R, same = _prepare(query, reference, metric, device, dtype)
+    Q0, R0, same = _prepare(query, reference, metric, device, dtype)
     if isinstance(exclude, str) and exclude == "auto":
         exclude = "self" if same else None
-    ex = _exclusions(exclude, Q.shape[0], R.shape[0], same)
-    _check_inputs(Q, R, k, metric, 0 if ex is None else ex.shape[1])
+    ex = _exclusions(exclude, Q0.shape[0], R0.shape[0], same)
+    _check_inputs(Q0, R0, k, metric, 0 if ex is None else ex.shape[1])
+    Q, R = _search_space(Q0, R0, same, metric, dtype)
     nq, nr = Q.shape[0], R.shape[0]
     r_norm = (R * R).sum(1)
     ex_t = None if ex is None else torch.from_numpy(ex).to(Q.device)
@@ -151,7 +164,7 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
         dist_parts, idx_parts = [], []
         step = 512  # bounds the [rows, k, D] fp64 difference tensor
         for qs in range(0, nq, step):
-            d, i = _refine(Q[qs:qs + step], R, all_idx[qs:qs + step], metric)
+            d, i = _refine(Q0[qs:qs + step], R0, all_idx[qs:qs + step], metric)
             dist_parts.append(d)
             idx_parts.append(i)
         return Neighbours(np.concatenate(dist_parts), np.concatenate(idx_parts), metric)
@@ -167,16 +180,17 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
                nlist: int | None = None, nprobe: int = 16, seed: int = 0, threads: int | None = None,
                refine: bool = True) -> Neighbours:
     """Approximate kNN with faiss, same output as :func:`knn`. ``method="hnsw"`` (``IndexHNSWFlat``) or ``"ivf"``
-    (``IndexIVFFlat`` with ``nlist`` lists, default ``4·sqrt(N)``, k-means seeded by ``seed``). Exclusions are applied
+    (``IndexIVFFlat`` with ``nlist`` lists, default ``sqrt(N)``, k-means seeded by ``seed``). Exclusions are applied
     by index after asking faiss for ``k + m`` neighbours; returned distances are recomputed exactly (fp64)."""
     import faiss
 
-    Q, R, same = _prepare(query, reference, metric, "cpu", torch.float32)
+    Q0, R0, same = _prepare(query, reference, metric, "cpu", torch.float32)
     if isinstance(exclude, str) and exclude == "auto":
         exclude = "self" if same else None
-    ex = _exclusions(exclude, Q.shape[0], R.shape[0], same)
+    ex = _exclusions(exclude, Q0.shape[0], R0.shape[0], same)
     m = 0 if ex is None else ex.shape[1]
-    _check_inputs(Q, R, k, metric, m)
+    _check_inputs(Q0, R0, k, metric, m)
+    Q, R = _search_space(Q0, R0, same, metric)
     if threads is not None:
         faiss.omp_set_num_threads(threads)
     r_np = np.ascontiguousarray(R.numpy())
@@ -188,7 +202,7 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
         index.add(r_np)
         index.hnsw.efSearch = max(ef_search, k + m)
     elif method == "ivf":
-        lists = nlist or max(1, int(4 * np.sqrt(len(r_np))))
+        lists = nlist or max(1, int(np.sqrt(len(r_np))))
         quantizer = faiss.IndexFlatL2(d)
         index = faiss.IndexIVFFlat(quantizer, d, lists)
         index.cp.seed = seed
@@ -209,7 +223,7 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
         raise RuntimeError("faiss returned fewer than k usable neighbours; raise ef_search / nprobe")
     idx = torch.from_numpy(kept.astype(np.int64))
     if refine:
-        parts = [_refine(Q[s:s + 512], R, idx[s:s + 512], metric) for s in range(0, len(idx), 512)]
+        parts = [_refine(Q0[s:s + 512], R0, idx[s:s + 512], metric) for s in range(0, len(idx), 512)]
         return Neighbours(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), metric)
     diff = Q.double()[:, None, :] - R.double()[idx]
     sq = (diff * diff).sum(-1)
