@@ -21,7 +21,7 @@ def _data(n=300, d=6, seed=0, duplicates=True):
         x[7] = x[3]
         x[8] = x[3]      # a triple of identical points
         x[50] = x[40]
-    return x
+    return x.astype(np.float64)    # fp64 rows: the search runs in fp32, the refined distances in fp64
 
 
 def _planted(seed=0, n=400, d=8, n_out=4):
@@ -85,11 +85,13 @@ def test_knn_separate_reference_and_explicit_exclusions():
     np.testing.assert_array_equal(nb2.indices, idx[:, 1:4])
 
 
-def test_knn_unrefined_fp32_is_close():
+def test_knn_unrefined_and_fp32_inputs_are_close():
     x = _data(duplicates=False)
-    a = knn(x, k=5, refine=False)
-    b = knn(x, k=5)
-    np.testing.assert_allclose(a.distances, b.distances, atol=1e-4)
+    exact = knn(x, k=5)
+    np.testing.assert_allclose(knn(x, k=5, refine=False).distances, exact.distances, atol=1e-4)
+    fp32 = knn(x.astype(np.float32), k=5)
+    np.testing.assert_allclose(fp32.distances, exact.distances, rtol=1e-6)
+    np.testing.assert_array_equal(fp32.indices, exact.indices)
 
 
 def test_faiss_recall_on_clustered_data():

@@ -89,14 +89,15 @@ def _exclusions(exclude, n_query: int, n_ref: int, same: bool) -> np.ndarray | N
 
 
 def _refine(Q: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact fp64 distances of the selected pairs computed from differences (duplicates give exactly 0, where the
-    GEMM expansion leaves rounding noise of order sqrt(eps)·||x||), then re-sorted by (distance, index)."""
-    q, r = Q.to(torch.float64), R.to(torch.float64)[idx]
-    if metric == "cosine":   # normalise in fp64 from the raw rows
+    """Distances of the selected pairs recomputed from differences in the input's precision (duplicates give
+    exactly 0, where the GEMM expansion leaves rounding noise of order sqrt(eps)·||x||), then re-sorted by
+    (distance, index)."""
+    q, r = Q, R[idx]
+    if metric == "cosine":   # normalise from the raw rows
         q, r = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(r, dim=-1)
-    diff = q[:, None, :] - r
-    sq = (diff * diff).sum(-1)
-    dist = sq / 2 if metric == "cosine" else sq.sqrt()
+    dist = torch.linalg.vector_norm(q[:, None, :] - r, dim=-1).double()
+    if metric == "cosine":
+        dist = dist * dist / 2
     dist, idx = dist.cpu().numpy(), idx.cpu().numpy()
     order = np.lexsort((idx, dist))  # row-wise: by distance, ties by index
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
@@ -125,10 +126,10 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
         dtype: torch.dtype = torch.float32, refine: bool = True) -> Neighbours:
     """Exact kNN of every ``query`` row in ``reference`` (``None``: the query set itself).
 
-    Blocked GEMM: for a ``[chunk_size, ref_chunk_size]`` block, ``||r||² - 2 q·r`` in one ``addmm`` (``||q||²`` is
-    constant per row so it does not change the ranking), a per-block ``topk`` merged into a running top-k; peak
-    extra memory is one block. The k winners get ``+||q||²``, are clamped at 0 and square-rooted, then (``refine``)
-    recomputed exactly in fp64 from the differences. ``exclude``: ``"auto"`` (= ``"self"`` when ``reference`` is
+    Blocked GEMM: for a ``[chunk_size, ref_chunk_size]`` block, ``2 q·r - ||r||²`` in one ``addmm`` into a reused
+    buffer (``||q||²`` is constant per row so it does not change the ranking), a per-block ``topk`` merged into a
+    running top-k; peak extra memory is one block. The k winners give ``||q||² - key``, clamped at 0 and square-rooted, then (``refine``)
+    recomputed from the differences in the input precision. ``exclude``: ``"auto"`` (= ``"self"`` when ``reference`` is
     ``None`` or the query object), ``None``, ``"self"``, or ``[Nq, m]`` reference indices to skip per query row."""
     Q0, R0, same = _prepare(query, reference, metric, device, dtype)
     if isinstance(exclude, str) and exclude == "auto":
@@ -141,23 +142,27 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     ex_t = None if ex is None else torch.from_numpy(ex).to(Q.device)
     all_idx = torch.empty((nq, k), dtype=torch.int64, device=Q.device)
     all_val = torch.empty((nq, k), dtype=Q.dtype, device=Q.device)
+    buffer = torch.empty((min(chunk_size, nq), min(ref_chunk_size, nr)), dtype=Q.dtype, device=Q.device)
     for qs in range(0, nq, chunk_size):
         q = Q[qs:qs + chunk_size]
         c = q.shape[0]
         best_v = best_i = None
         for rs in range(0, nr, ref_chunk_size):
             r = R[rs:rs + ref_chunk_size]
-            block = torch.addmm(r_norm[rs:rs + ref_chunk_size].unsqueeze(0), q, r.T, alpha=-2.0)
+            # reuse one block buffer (a fresh 64 MB allocation per block costs page faults)
+            out = buffer if buffer.shape == (c, r.shape[0]) else None
+            # 2 q·r - ||r||² (the negated ranking key): topk(largest=True) measured ~15% faster than largest=False
+            block = torch.addmm(r_norm[rs:rs + ref_chunk_size].unsqueeze(0), q, r.T, beta=-1.0, alpha=2.0, out=out)
             if ex_t is not None:
                 e = ex_t[qs:qs + c]
                 rows, cols = torch.nonzero((e >= rs) & (e < rs + r.shape[0]), as_tuple=True)
-                block[rows, e[rows, cols] - rs] = float("inf")
-            v, i = block.topk(min(k, r.shape[0]), dim=1, largest=False, sorted=False)
+                block[rows, e[rows, cols] - rs] = -float("inf")
+            v, i = block.topk(min(k, r.shape[0]), dim=1, largest=True, sorted=False)
             i = i + rs
             if best_v is None:
                 best_v, best_i = v, i
             else:
-                v, pos = torch.cat([best_v, v], 1).topk(k, dim=1, largest=False, sorted=False)
+                v, pos = torch.cat([best_v, v], 1).topk(k, dim=1, largest=True, sorted=False)
                 best_v, best_i = v, torch.cat([best_i, i], 1).gather(1, pos)
         all_val[qs:qs + c], all_idx[qs:qs + c] = best_v, best_i
     if refine:
@@ -168,7 +173,7 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
             dist_parts.append(d)
             idx_parts.append(i)
         return Neighbours(np.concatenate(dist_parts), np.concatenate(idx_parts), metric)
-    sq = (all_val + (Q * Q).sum(1, keepdim=True)).clamp_min(0)
+    sq = ((Q * Q).sum(1, keepdim=True) - all_val).clamp_min(0)
     dist = (sq / 2 if metric == "cosine" else sq.sqrt()).double().cpu().numpy()
     idx = all_idx.cpu().numpy()
     order = np.argsort(dist, axis=1, kind="stable")
@@ -181,7 +186,7 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
                refine: bool = True) -> Neighbours:
     """Approximate kNN with faiss, same output as :func:`knn`. ``method="hnsw"`` (``IndexHNSWFlat``) or ``"ivf"``
     (``IndexIVFFlat`` with ``nlist`` lists, default ``sqrt(N)``, k-means seeded by ``seed``). Exclusions are applied
-    by index after asking faiss for ``k + m`` neighbours; returned distances are recomputed exactly (fp64)."""
+    by index after asking faiss for ``k + m`` neighbours; returned distances are recomputed from differences."""
     import faiss
 
     Q0, R0, same = _prepare(query, reference, metric, "cpu", torch.float32)
