@@ -190,6 +190,9 @@ class RoCLIPObjective(ClipObjective):
 
     def end_epoch(self, ctx: Context) -> dict[str, float]:
         out = {"roclip_epoch": float(self.is_roclip_epoch(ctx.epoch))}
+        if self.pool is not None:
+            out["pool_size"] = float(self.pool.size)
+            out["pool_megabytes"] = self.pool.buffer.element_size() * self.pool.buffer.nelement() / 2**20
         if self.is_roclip_epoch(ctx.epoch):
             if sum(self._stats["clean_n"]):
                 out["clean_matched_same_category"] = sum(self._stats["clean_same"]) / sum(self._stats["clean_n"])

@@ -7,6 +7,8 @@ needs: the input normalisation (inputs are images in [0, 1]) and the tokenizer (
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -93,6 +95,17 @@ class CLIPModel(nn.Module):
         self.clip.logit_scale.clamp_(0, float(torch.log(torch.tensor(max_scale))))
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def build_model(name: str = "clipguard-tiny", seed: int = 0) -> CLIPModel:
     """A randomly initialised model from a registered config, deterministic given ``seed``."""
     _register_configs()
@@ -100,9 +113,9 @@ def build_model(name: str = "clipguard-tiny", seed: int = 0) -> CLIPModel:
         raise ValueError(f"unknown model {name!r}; available: {[m for m in open_clip.list_models() if 'clipguard' in m]}"
                          " plus open_clip's standard configs")
     config = open_clip.get_model_config(name)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_root_logger():
         torch.manual_seed(seed)
-        clip = open_clip.create_model(name, pretrained=None)
+        clip = open_clip.create_model(name, pretrained=None)  # random init is the point; silence its warning
     vision = config["vision_cfg"]
     image_size = vision["image_size"] if isinstance(vision["image_size"], int) else vision["image_size"][0]
     return CLIPModel(clip, name, config["text_cfg"].get("context_length", 77), image_size)

@@ -37,7 +37,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent.parent
 DEFAULT_ROOT = Path(os.environ.get("CLIPGUARD_RESULTS", REPO_ROOT / "results"))
 #: Modules that only present results; editing them must not invalidate stored runs.
-PRESENTATION_MODULES = {"plots.py", "notebooks.py", "book.py", "tables.py"}
+PRESENTATION_MODULES = {"plots.py", "notebooks.py", "book.py", "tables.py", "paper_values.py"}
 #: Modules that only consume stored runs (detectors score embeddings of trained models; they never train one).
 CONSUMER_MODULES = {"detect"}
 _VERSIONED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "faiss-cpu", "nltk")
