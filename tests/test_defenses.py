@@ -96,6 +96,15 @@ def test_objective_specs_build_the_registered_objectives():
         experiments.OBJECTIVES["roclip"]({"name": "roclip", "pool_sise": 3}, dataset, {})
 
 
+def test_roclip_spec_writes_the_paper_defaults_out():
+    from clipguard.defenses import roclip_spec
+
+    assert roclip_spec() == {"name": "roclip", "every": 3, "pool_fraction": 0.02}
+    assert roclip_spec(augment=False)["augment"] is False
+    with pytest.raises(ValueError, match="evry"):
+        roclip_spec(evry=2)
+
+
 def test_caption_categories_follow_class_words():
     from clipguard.defenses import caption_categories
 

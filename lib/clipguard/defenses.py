@@ -30,7 +30,7 @@ from .losses import clip_loss, gather_features
 from .train import ClipObjective, Context, Pass
 
 __all__ = ["CaptionPool", "RoCLIPConfig", "RoCLIPObjective", "roclip_loss", "nearest_in_pool", "caption_categories",
-           "augmentation_hooks"]
+           "augmentation_hooks", "roclip_spec"]
 
 
 class CaptionPool:
@@ -251,6 +251,14 @@ _OBJECTIVE_FIELDS = {
     "roclip": {"name", "augment", "image_policy", "caption_resample", "pool_size", "pool_fraction", "every",
                "pool_init", "refresh_in_clip_epochs"},
 }
+
+
+def roclip_spec(every: int = 3, pool_fraction: float = 0.02, **fields) -> dict:
+    """The ``roclip`` objective spec with the paper's defaults written out, so chapters asking for the same
+    configuration produce the same spec (and share the stored run)."""
+    spec = {"name": "roclip", "every": every, "pool_fraction": pool_fraction, **fields}
+    _check_fields(spec)
+    return spec
 
 
 def _check_fields(spec: dict) -> None:
