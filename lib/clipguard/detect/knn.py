@@ -53,7 +53,7 @@ def _as_tensor(x, device, dtype=None) -> torch.Tensor:
 def _check_inputs(query, reference, k: int, metric: str, n_excluded: int) -> None:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
-    for name, x in (("query", query), ("reference", reference)):
+    for name, x in (("query", query),) + ((("reference", reference),) if reference is not query else ()):
         if x.ndim != 2:
             raise ValueError(f"{name} must be a 2-D [N, D] matrix, got shape {tuple(x.shape)}")
         finite = torch.isfinite(x).all(1) if isinstance(x, torch.Tensor) else np.isfinite(x).all(1)
@@ -92,7 +92,7 @@ def _refine(Q: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, metric: str) ->
     """Distances of the selected pairs recomputed from differences in the input's precision (duplicates give
     exactly 0, where the GEMM expansion leaves rounding noise of order sqrt(eps)·||x||), then re-sorted by
     (distance, index)."""
-    q, r = Q, R[idx]
+    q, r = Q, R.index_select(0, idx.reshape(-1)).view(*idx.shape, R.shape[1])
     if metric == "cosine":   # normalise from the raw rows
         q, r = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(r, dim=-1)
     dist = torch.linalg.vector_norm(q[:, None, :] - r, dim=-1).double()
@@ -120,14 +120,20 @@ def _search_space(Q, R, same, metric, dtype=torch.float32):
     return Qn, (Qn if same else torch.nn.functional.normalize(R, dim=1))
 
 
+def _balanced(n: int, chunk: int) -> int:
+    """Equal chunks of at most ``chunk`` rows (10,000 = 2 x 5,000 rather than 8,192 + 1,808)."""
+    parts = max(1, -(-n // chunk))
+    return -(-n // parts)
+
+
 @torch.no_grad()
 def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclude="auto",
-        chunk_size: int = 2048, ref_chunk_size: int = 8192, device: str | torch.device | None = None,
+        chunk_size: int = 2048, ref_chunk_size: int = 16384, device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32, refine: bool = True) -> Neighbours:
     """Exact kNN of every ``query`` row in ``reference`` (``None``: the query set itself).
 
-    Blocked GEMM: for a ``[chunk_size, ref_chunk_size]`` block, ``2 q·r - ||r||²`` in one ``addmm`` into a reused
-    buffer (``||q||²`` is constant per row so it does not change the ranking), a per-block ``topk`` merged into a
+    Blocked GEMM: for a ``[chunk_size, ref_chunk_size]`` block, ``2 q·r - ||r||²`` in one ``mm`` of augmented rows
+    into a reused buffer (``||q||²`` is constant per row so it does not change the ranking), a per-block ``topk`` merged into a
     running top-k; peak extra memory is one block. The k winners give ``||q||² - key``, clamped at 0 and square-rooted, then (``refine``)
     recomputed from the differences in the input precision. ``exclude``: ``"auto"`` (= ``"self"`` when ``reference`` is
     ``None`` or the query object), ``None``, ``"self"``, or ``[Nq, m]`` reference indices to skip per query row."""
@@ -138,21 +144,29 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     _check_inputs(Q0, R0, k, metric, 0 if ex is None else ex.shape[1])
     Q, R = _search_space(Q0, R0, same, metric, dtype)
     nq, nr = Q.shape[0], R.shape[0]
-    r_norm = (R * R).sum(1)
+    chunk_size, ref_chunk_size = _balanced(nq, chunk_size), _balanced(nr, ref_chunk_size)
+    # augmented rows: [2q, -1, 0..] · [r, ||r||², 0..] = 2 q·r - ||r||² in ONE plain GEMM (no bias pass), width
+    # padded to a multiple of 8 for the GEMM kernels
+    width = -(-(R.shape[1] + 1) // 8) * 8
+    Ra = torch.zeros((nr, width), dtype=R.dtype, device=R.device)
+    Ra[:, :R.shape[1]] = R
+    Ra[:, R.shape[1]] = (R * R).sum(1)
     ex_t = None if ex is None else torch.from_numpy(ex).to(Q.device)
     all_idx = torch.empty((nq, k), dtype=torch.int64, device=Q.device)
     all_val = torch.empty((nq, k), dtype=Q.dtype, device=Q.device)
     buffer = torch.empty((min(chunk_size, nq), min(ref_chunk_size, nr)), dtype=Q.dtype, device=Q.device)
     for qs in range(0, nq, chunk_size):
-        q = Q[qs:qs + chunk_size]
-        c = q.shape[0]
+        c = min(chunk_size, nq - qs)
+        q = torch.zeros((c, width), dtype=Q.dtype, device=Q.device)
+        q[:, :Q.shape[1]] = 2 * Q[qs:qs + c]
+        q[:, Q.shape[1]] = -1.0
         best_v = best_i = None
         for rs in range(0, nr, ref_chunk_size):
-            r = R[rs:rs + ref_chunk_size]
-            # reuse one block buffer (a fresh 64 MB allocation per block costs page faults)
+            r = Ra[rs:rs + ref_chunk_size]
+            # reuse one block buffer (a fresh 128 MB allocation per block costs page faults)
             out = buffer if buffer.shape == (c, r.shape[0]) else None
-            # 2 q·r - ||r||² (the negated ranking key): topk(largest=True) measured ~15% faster than largest=False
-            block = torch.addmm(r_norm[rs:rs + ref_chunk_size].unsqueeze(0), q, r.T, beta=-1.0, alpha=2.0, out=out)
+            # the negated ranking key 2 q·r - ||r||²: topk(largest=True) measured ~15% faster than largest=False
+            block = torch.mm(q, r.T, out=out)
             if ex_t is not None:
                 e = ex_t[qs:qs + c]
                 rows, cols = torch.nonzero((e >= rs) & (e < rs + r.shape[0]), as_tuple=True)
@@ -167,7 +181,7 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
         all_val[qs:qs + c], all_idx[qs:qs + c] = best_v, best_i
     if refine:
         dist_parts, idx_parts = [], []
-        step = 512  # bounds the [rows, k, D] fp64 difference tensor
+        step = 2048  # bounds the [rows, k, D] difference tensor
         for qs in range(0, nq, step):
             d, i = _refine(Q0[qs:qs + step], R0, all_idx[qs:qs + step], metric)
             dist_parts.append(d)
@@ -228,7 +242,7 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
         raise RuntimeError("faiss returned fewer than k usable neighbours; raise ef_search / nprobe")
     idx = torch.from_numpy(kept.astype(np.int64))
     if refine:
-        parts = [_refine(Q0[s:s + 512], R0, idx[s:s + 512], metric) for s in range(0, len(idx), 512)]
+        parts = [_refine(Q0[s:s + 2048], R0, idx[s:s + 2048], metric) for s in range(0, len(idx), 2048)]
         return Neighbours(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), metric)
     diff = Q.double()[:, None, :] - R.double()[idx]
     sq = (diff * diff).sum(-1)
