@@ -97,9 +97,14 @@ def test_objective_specs_build_the_registered_objectives():
 
 
 def test_roclip_spec_writes_the_paper_defaults_out():
-    from clipguard.defenses import roclip_spec
+    from clipguard.augment import ImagePolicy
+    from clipguard.defenses import SMALL_IMAGE_POLICY, augmentation_hooks, augmented_clip_spec, roclip_spec
 
-    assert roclip_spec() == {"name": "roclip", "every": 3, "pool_fraction": 0.02}
+    assert roclip_spec() == {"name": "roclip", "every": 3, "pool_fraction": 0.02, "image_policy": SMALL_IMAGE_POLICY}
+    image_hook, _ = augmentation_hooks({**roclip_spec(), "augment": True}, seed=0)
+    assert image_hook == ImagePolicy(scale=(0.8, 1.0), jitter_p=0.5, brightness=0.3, contrast=0.3, saturation=0.3,
+                                     hue=0.0)
+    assert augmented_clip_spec()["augment"] is True
     assert roclip_spec(augment=False)["augment"] is False
     with pytest.raises(ValueError, match="evry"):
         roclip_spec(evry=2)
