@@ -1,0 +1,33 @@
+"""The book's standard attack scenarios (clipguard.scenarios)."""
+
+import torch
+
+from clipguard import experiments, scenarios
+
+
+def test_standard_scenarios_scale_with_the_profile_and_track_pairs():
+    for profile in ("smoke", "cpu", "gpu"):
+        backdoor = scenarios.backdoor_poison(profile)
+        n_train = experiments.clip_spec(profile)["data"]["n"]
+        assert backdoor["count"] == max(1, round(scenarios.BACKDOOR_RATE * n_train))
+        assert backdoor["trigger"] == {"name": "badnet_htba"} and backdoor["target_class"] == "bag"
+        targeted = scenarios.targeted_poison(profile)
+        assert targeted["per_target"] == scenarios.TARGETED_PER_TARGET[profile] and targeted["n_targets"] == 16
+    assert scenarios.backdoor_poison("cpu", rate=0.001)["count"] == 10
+    assert scenarios.targeted_poison("cpu", per_target=3)["per_target"] == 3
+    spec = scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"))
+    assert spec["track_per_sample"] is True and "backdoor_asr" in spec["evaluate"]
+    assert scenarios.attack_spec("smoke", None, track_per_sample=False)["track_per_sample"] is False
+    assert all(isinstance(v, int) and v >= 1 for v in scenarios.TARGETED_PER_TARGET.values())
+    assert 0 < scenarios.BACKDOOR_RATE <= 0.05
+
+
+def test_tracking_does_not_change_training(store):
+    from safetensors.torch import load_file
+
+    base = dict(data__n=256, train__epochs=2, evaluate=[])
+    plain = experiments.run(experiments.clip_spec("smoke", **base), store, progress=False)
+    tracked = experiments.run(experiments.clip_spec("smoke", track_per_sample=True, **base), store, progress=False)
+    assert plain.id != tracked.id
+    a, b = load_file(plain.path / "model.safetensors"), load_file(tracked.path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
