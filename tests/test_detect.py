@@ -94,6 +94,15 @@ def test_knn_unrefined_and_fp32_inputs_are_close():
     np.testing.assert_array_equal(fp32.indices, exact.indices)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_knn_cuda_matches_cpu():
+    x = _data()
+    cpu = knn(x, k=5, chunk_size=64, ref_chunk_size=100)
+    gpu = knn(x, k=5, chunk_size=64, ref_chunk_size=100, device="cuda")
+    np.testing.assert_allclose(gpu.distances, cpu.distances, atol=1e-9)
+    assert _same_sets(gpu.indices, cpu.indices, cpu.distances)
+
+
 def test_faiss_recall_on_clustered_data():
     x, _ = _planted(n=2000, d=16)
     exact = knn(x, k=10)

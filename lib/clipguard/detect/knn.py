@@ -196,11 +196,13 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
 
 def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclude="auto",
                method: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64,
-               nlist: int | None = None, nprobe: int = 16, seed: int = 0, threads: int | None = None,
-               refine: bool = True) -> Neighbours:
+               nlist: int | None = None, nprobe: int = 8, seed: int = 0, threads: int | None = None,
+               refine: bool = False, max_points_per_centroid: int = 64) -> Neighbours:
     """Approximate kNN with faiss, same output as :func:`knn`. ``method="hnsw"`` (``IndexHNSWFlat``) or ``"ivf"``
     (``IndexIVFFlat`` with ``nlist`` lists, default ``sqrt(N)``, k-means seeded by ``seed``). Exclusions are applied
-    by index after asking faiss for ``k + m`` neighbours; returned distances are recomputed from differences."""
+    by index after asking faiss for ``k + m`` neighbours. Distances are faiss's (direct fp32 sums of squared
+    differences, so duplicates give 0); ``refine=True`` recomputes them in the input precision. IVF k-means trains
+    on at most ``max_points_per_centroid`` points per list (faiss's default 256 makes training dominate)."""
     import faiss
 
     Q0, R0, same = _prepare(query, reference, metric, "cpu", torch.float32)
@@ -225,28 +227,31 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
         quantizer = faiss.IndexFlatL2(d)
         index = faiss.IndexIVFFlat(quantizer, d, lists)
         index.cp.seed = seed
+        index.cp.max_points_per_centroid = max_points_per_centroid
         index.train(r_np)
         index.add(r_np)
         index.nprobe = nprobe
     else:
         raise ValueError(f"unknown approximate method {method!r}; choose 'hnsw' or 'ivf'")
-    _, found = index.search(q_np, k + m)
+    sq, found = index.search(q_np, k + m)
     if ex is not None:
         drop = (found[:, :, None] == ex[:, None, :]).any(-1) | (found < 0)
     else:
         drop = found < 0
-    # stable partition: kept columns first, in faiss's order
-    order = np.argsort(drop, axis=1, kind="stable")
-    kept = np.take_along_axis(found, order, 1)[:, :k]
-    if (np.take_along_axis(drop, order, 1)[:, :k]).any():
+    # stable partition: kept columns first, in faiss's (ascending) order
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+    if np.take_along_axis(drop, order, 1).any():
         raise RuntimeError("faiss returned fewer than k usable neighbours; raise ef_search / nprobe")
-    idx = torch.from_numpy(kept.astype(np.int64))
+    kept = np.take_along_axis(found, order, 1).astype(np.int64)
     if refine:
+        idx = torch.from_numpy(kept)
         parts = [_refine(Q0[s:s + 2048], R0, idx[s:s + 2048], metric) for s in range(0, len(idx), 2048)]
         return Neighbours(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), metric)
-    diff = Q.double()[:, None, :] - R.double()[idx]
-    sq = (diff * diff).sum(-1)
-    return Neighbours((sq / 2 if metric == "cosine" else sq.sqrt()).numpy(), kept.astype(np.int64), metric)
+    # faiss's flat/HNSW/IVF-Flat distances are direct fp32 sums of squared differences (no GEMM expansion)
+    sq = np.maximum(np.take_along_axis(sq, order, 1).astype(np.float64), 0.0)
+    dist = sq / 2 if metric == "cosine" else np.sqrt(sq)
+    tie = np.lexsort((kept, dist))
+    return Neighbours(np.take_along_axis(dist, tie, 1), np.take_along_axis(kept, tie, 1), metric)
 
 
 def neighbour_recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
