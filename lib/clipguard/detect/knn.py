@@ -120,10 +120,14 @@ def _search_space(Q, R, same, metric, dtype=torch.float32):
     return Qn, (Qn if same else torch.nn.functional.normalize(R, dim=1))
 
 
-def _balanced(n: int, chunk: int) -> int:
-    """Equal chunks of at most ``chunk`` rows (10,000 = 2 x 5,000 rather than 8,192 + 1,808)."""
+def _balanced(n: int, chunk: int, align: int = 256) -> int:
+    """Near-equal chunks of at most ``chunk`` rows, rounded up to a multiple of ``align``: 10,000 = 2 x 5,120 rather
+    than 8,192 + 1,808; unaligned block widths (e.g. 13,334 columns) measured ~1.5x slower in ``torch.mm``."""
     parts = max(1, -(-n // chunk))
-    return -(-n // parts)
+    size = -(-n // parts)
+    if chunk < align:        # small chunks (tests): no alignment
+        return size
+    return min(-(-size // align) * align, chunk)
 
 
 @torch.no_grad()
