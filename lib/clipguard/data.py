@@ -32,6 +32,7 @@ __all__ = [
     "ImageCaptionSet",
     "content_key",
     "FASHION_MNIST_DIR",
+    "class_synonyms",
     "FASHION_CLASSNAMES",
     "fashion_mnist",
     "caption_for_class",
@@ -244,6 +245,14 @@ def _synonym_pattern(synonyms_by_class: Sequence[Sequence[str]]) -> list[tuple[r
     pairs = [(s, c) for c, names in enumerate(synonyms_by_class) for s in names]
     pairs.sort(key=lambda p: -len(p[0]))  # longer phrases first: "ankle boot" before "boot"
     return [(re.compile(rf"(?<![\w-]){re.escape(s)}(?![\w-])", re.IGNORECASE), c) for s, c in pairs]
+
+
+def class_synonyms(classnames: Sequence[str]) -> list[list[str]]:
+    """The words that name each class in captions: Fashion-MNIST's synonym lists for its class names, else each
+    class name alone."""
+    if list(classnames) == FASHION_CLASSNAMES:
+        return [list(s) for s in FASHION_SYNONYMS]
+    return [[c] for c in classnames]
 
 
 def class_of_caption(caption: str, synonyms_by_class: Sequence[Sequence[str]]) -> int | None:

@@ -221,14 +221,11 @@ class RoCLIPObjective(ClipObjective):
 
 def caption_categories(dataset) -> torch.Tensor:
     """Category of every caption (-1 = none) by class-word match: Fashion-MNIST synonyms, else the class names."""
-    from .data import FASHION_CLASSNAMES, FASHION_SYNONYMS, class_of_caption
+    from .data import class_of_caption, class_synonyms
 
-    if dataset.classnames == FASHION_CLASSNAMES:
-        synonyms = FASHION_SYNONYMS
-    elif dataset.classnames:
-        synonyms = [[name] for name in dataset.classnames]
-    else:
+    if not dataset.classnames:
         return torch.full((len(dataset),), -1, dtype=torch.long)
+    synonyms = class_synonyms(dataset.classnames)
     found = [class_of_caption(c, synonyms) for c in dataset.captions]
     return torch.tensor([-1 if c is None else c for c in found], dtype=torch.long)
 

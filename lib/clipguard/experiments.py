@@ -159,7 +159,7 @@ def make_objective(spec: dict, prepared: Prepared):
         return ClipObjective()
     load_plugins()
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES) + ['clip']} "
+        raise ValueError(f"unknown objective {name!r}; registered: {sorted(set(OBJECTIVES) | {'clip'})} "
                          "(import clipguard.defenses to register the defences)")
     return OBJECTIVES[name](objective, prepared.train_data, {**prepared.info, "seed": spec["train"]["seed"]})
 

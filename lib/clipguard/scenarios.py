@@ -21,7 +21,8 @@ ASR_EVALUATORS = ["zeroshot", "linear_probe", "targeted_asr", "backdoor_asr"]
 BACKDOOR_RATE = 0.02
 #: Poisoned pairs per target image of the standard targeted attack (16 targets, as the papers). Tuned at ``cpu``:
 #: 16 per target gave 13/16 (seed 0), 14/16 (seed 1) and 14/16 (seed 2) at 80-82% zero-shot; 12 per target gave
-#: 13/16 and 11/16 (seeds 0, 1), 8 per target 7/16 (seed 0); 16 is the standard. ``smoke`` keeps about the same share of its 1,024 pairs; ``gpu`` is untuned.
+#: 13/16 and 11/16 (seeds 0, 1), 8 per target 7/16 (seed 0); 16 is the standard. ``smoke`` keeps about the same
+#: share of its 1,024 pairs; ``gpu`` is untuned.
 TARGETED_PER_TARGET = {"smoke": 2, "cpu": 16, "gpu": 25}
 
 

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import (CLIP_TEMPLATES, FASHION_CLASSNAMES, FASHION_SYNONYMS, DataError, ImageCaptionSet,
-                    class_of_caption, content_key)
+from ..data import CLIP_TEMPLATES, DataError, ImageCaptionSet, class_of_caption, content_key
+from ..data import class_synonyms as default_synonyms  # name kept: part of this module's API
 from .triggers import Trigger, make_trigger, to_uint8
 
 __all__ = ["BackdoorSpec", "TargetedSpec", "PoisonSpecError", "poison_spec", "spec_identity", "TargetSet",
@@ -302,13 +302,6 @@ def without_images_of(dataset: ImageCaptionSet, other: ImageCaptionSet, name: st
     taken = {image_key(img) for img in other.images}
     keep = [i for i, img in enumerate(dataset.images) if image_key(img) not in taken]
     return dataset.subset(keep, name=name or f"{dataset.name}-heldout")
-
-
-def default_synonyms(classnames: Sequence[str]) -> list[list[str]]:
-    """Fashion-MNIST's synonym lists for its class names, else each class name alone."""
-    if list(classnames) == FASHION_CLASSNAMES:
-        return [list(s) for s in FASHION_SYNONYMS]
-    return [[c] for c in classnames]
 
 
 def captions_naming(captions: Sequence[str], cls: int, synonyms: Sequence[Sequence[str]]) -> list[int]:

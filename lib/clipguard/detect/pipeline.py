@@ -7,7 +7,6 @@ detector does recompute them.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,10 @@ _DIR = Path(__file__).resolve().parent
 
 
 def code_version() -> str:
-    """Hash of the detect package's source files."""
-    digest = hashlib.sha256()
-    for path in sorted(_DIR.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """Hash of the detect package's source files (the run store's code identity, applied to this package)."""
+    from ..runs import code_identity
+
+    return code_identity(_DIR)
 
 
 def embed(model, dataset, normalize: bool = False, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
