@@ -10,6 +10,7 @@ Small-scale by design: everything is held in memory, which makes batch indexing 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -21,7 +22,7 @@ import struct
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -490,6 +491,29 @@ def _check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """Lines of a UTF-8 text file (a leading BOM is dropped) for :mod:`csv`; bytes that are not UTF-8 raise a
+    :class:`DataError` naming the file and the first bad line instead of a bare ``UnicodeDecodeError``."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        try:
+            yield from handle
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, error) from None
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> DataError:
+    """Re-read ``path`` as bytes to name the first line that does not decode (the text reader decodes ahead in
+    blocks, so its position does not say which row is bad)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return DataError(f"{path}, line {number}: not UTF-8 text (byte 0x{line[bad.start]:02x} at column "
+                                 f"{bad.start + 1}); save the file as UTF-8")
+    return DataError(f"{path}: not UTF-8 text ({error.reason})")
+
+
 def load_csv_pairs(csv_path: str | Path, image_size: int = 32, image_root: str | Path | None = None,
                    image_column: str = "image", caption_column: str = "caption", on_error: str = "raise",
                    report: LoadReport | None = None, delimiter: str = ",") -> ImageCaptionSet:
@@ -503,7 +527,7 @@ def load_csv_pairs(csv_path: str | Path, image_size: int = 32, image_root: str |
     if not csv_path.exists():
         raise DataError(f"CSV file not found: {csv_path}")
     images, captions = [], []
-    with open(csv_path, newline="", encoding="utf-8") as handle:
+    with contextlib.closing(_utf8_lines(csv_path)) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
@@ -637,7 +661,7 @@ def load_labels_csv(csv_path: str | Path, classnames: Sequence[str], image_size:
     if not csv_path.exists():
         raise DataError(f"labels CSV not found: {csv_path}")
     images, labels = [], []
-    with open(csv_path, newline="", encoding="utf-8") as handle:
+    with contextlib.closing(_utf8_lines(csv_path)) as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or image_column not in reader.fieldnames or label_column not in reader.fieldnames:
             raise DataError(f"{csv_path}: needs columns {image_column!r} and {label_column!r}, has {reader.fieldnames}")
