@@ -391,3 +391,45 @@ def test_metric_validation():
         metrics.auroc(np.array([0, 1]), np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="same length"):
         metrics.auroc(np.array([0, 1, 1]), np.array([0.0, 1.0]))
+
+
+# ------------------------------------------------------------------ pipeline
+
+class _FakeRun:
+    id = "fake-run"
+
+    def load_model(self):
+        return None
+
+
+class _FakeDataset:
+    def __len__(self):
+        return 6
+
+    def fingerprint(self):
+        return "fake-data"
+
+
+def test_stored_scores_are_keyed_by_the_loss_values(tmp_path, monkeypatch):
+    """Regression: the store key held only ``losses is not None``, so a second call with other losses returned the
+    first call's ABL scores."""
+    from clipguard.detect import pipeline
+    from clipguard.runs import RunStore
+
+    emb = np.random.default_rng(0).normal(size=(6, 3))
+    monkeypatch.setattr(pipeline, "embed", lambda model, dataset, normalize=False: (emb, emb))
+    store = RunStore("test", root=tmp_path)
+    variants = {"abl": {"names": ["abl"]}}
+    first = np.arange(12.0).reshape(2, 6)
+    second = first[:, ::-1].copy()
+    a, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), variants, losses=first)
+    b, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), variants, losses=second)
+    np.testing.assert_allclose(a["abl/abl"], -first.mean(0))
+    np.testing.assert_allclose(b["abl/abl"], -second.mean(0))
+    again, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), variants, losses=first.copy())
+    np.testing.assert_array_equal(again["abl/abl"], a["abl/abl"])
+    assert len(store.runs()) == 2          # same values -> the stored result, other values -> a new one
+    # the fingerprint sees dtype and shape, not only the bytes
+    assert pipeline.array_fingerprint(first) != pipeline.array_fingerprint(first.astype(np.float32))
+    assert pipeline.array_fingerprint(first) != pipeline.array_fingerprint(first.reshape(3, 4))
+    assert pipeline.array_fingerprint(None) is None

@@ -7,6 +7,7 @@ detector does recompute them.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from .scores import score_many
 
-__all__ = ["code_version", "embed", "toy_2d", "Toy2D", "stored_scores"]
+__all__ = ["code_version", "embed", "toy_2d", "Toy2D", "stored_scores", "array_fingerprint"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -25,6 +26,17 @@ def code_version() -> str:
     from ..runs import code_identity
 
     return code_identity(_DIR)
+
+
+def array_fingerprint(array) -> str | None:
+    """Content hash of an array (dtype, shape and bytes in C order), ``None`` for ``None``: a store key that changes
+    whenever the values do."""
+    if array is None:
+        return None
+    a = np.ascontiguousarray(np.asarray(array))
+    digest = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
+    digest.update(a.tobytes())
+    return digest.hexdigest()[:32]
 
 
 def embed(model, dataset, normalize: bool = False, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -42,9 +54,10 @@ def stored_scores(store, run, dataset, variants: dict[str, dict], seed: int = 0,
 
     ``variants`` maps a label to the keyword arguments of :func:`~clipguard.detect.scores.score_many` plus
     ``names`` (the detectors) and an optional ``embedding`` (``"raw"`` default, or ``"normalized"``); the result
-    maps ``"<label>/<detector>"`` to scores. Seconds per variant come back in the stored metrics."""
+    maps ``"<label>/<detector>"`` to scores. Seconds per variant come back in the stored metrics. The store key
+    holds the content hash of ``losses`` (:func:`array_fingerprint`), so other losses give other scores."""
     config = {"kind": "detector-scores", "run": run.id, "variants": variants, "seed": seed,
-              "detect_code": code_version(), "losses": losses is not None}
+              "detect_code": code_version(), "losses": array_fingerprint(losses)}
 
     def compute(work: Path) -> dict:
         model = run.load_model()
