@@ -21,8 +21,10 @@ import torch
 
 from .. import experiments
 from ..data import ImageCaptionSet
+from .build import build_poisoned, without_images_of
+from .manifest import save_manifest
 from .metrics import backdoor_asr, targeted_asr
-from .poison import build_poisoned, poison_spec, save_manifest, without_images_of
+from .specs import poison_spec
 from .triggers import make_trigger
 
 __all__ = ["heldout_for", "poisoner"]
@@ -52,11 +54,11 @@ def poisoner(clean: ImageCaptionSet, poison: dict, context: dict) -> tuple[Image
     return poisoned.data, info
 
 
-experiments.register_poisoner("backdoor")(poisoner)
-experiments.register_poisoner("targeted")(poisoner)
+experiments.register_poisoner("backdoor", uses=("clipguard.attacks",))(poisoner)
+experiments.register_poisoner("targeted", uses=("clipguard.attacks",))(poisoner)
 
 
-@experiments.register_evaluator("targeted_asr")
+@experiments.register_evaluator("targeted_asr", uses=("clipguard.attacks",))
 def _eval_targeted(model, spec: dict, prepared) -> dict:
     poisoned = prepared.info.get("poisoned")
     if poisoned is None or poisoned.targets is None:
@@ -66,7 +68,7 @@ def _eval_targeted(model, spec: dict, prepared) -> dict:
     return {f"targeted_{k}": v for k, v in result.items() if k != "definition"}
 
 
-@experiments.register_evaluator("backdoor_asr")
+@experiments.register_evaluator("backdoor_asr", uses=("clipguard.attacks",))
 def _eval_backdoor(model, spec: dict, prepared) -> dict:
     poison = spec.get("poison") or {}
     if poison.get("kind") != "backdoor":

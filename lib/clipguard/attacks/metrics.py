@@ -26,7 +26,7 @@ import torch
 
 from ..data import CLIP_TEMPLATES, ImageCaptionSet
 from ..evaluate import zero_shot_classifier, zero_shot_logits
-from .poison import PoisonedSet, TargetSet
+from .build import PoisonedSet, TargetSet
 from .triggers import Trigger, make_trigger, to_uint8
 
 __all__ = ["ASR", "targeted_success", "backdoor_success", "cleanclip_release_asr", "targeted_asr", "backdoor_asr",
