@@ -206,6 +206,48 @@ def test_abl_score():
         score("abl", np.zeros((3, 2)))
 
 
+def test_abl_selects_epochs_by_number():
+    """Rows are matched to epochs by their number (per_sample.npz's ``epochs``), not by position."""
+    rng = np.random.default_rng(0)
+    by_epoch = {e: rng.normal(size=5) for e in range(1, 13)}        # epoch e -> losses of 5 samples
+    want = -np.mean([by_epoch[e] for e in range(1, 11)], 0)
+    order = rng.permutation(12) + 1                                   # rows stored in shuffled epoch order
+    losses = np.stack([by_epoch[e] for e in order])
+    np.testing.assert_allclose(S.abl_score(losses, 10, epoch_numbers=order), want)
+    np.testing.assert_allclose(score("abl", losses=losses, abl_epochs=10, loss_epochs=order), want)
+    assert not np.allclose(S.abl_score(losses, 10), want)           # positions would average the wrong epochs
+    # a resumed run that lost epochs 1-2: its first 10 rows are epochs 3..12, which must not pass as 1..10
+    resumed = np.arange(3, 13)
+    with pytest.raises(ValueError, match=r"lacks epoch\(s\) \[1, 2\]"):
+        S.abl_score(np.stack([by_epoch[e] for e in resumed]), 10, epoch_numbers=resumed)
+    with pytest.raises(ValueError, match="repeat"):
+        S.abl_score(losses[:3], 2, epoch_numbers=np.array([1, 2, 2]))
+    with pytest.raises(ValueError, match="one epoch per loss row"):
+        S.abl_score(losses, 2, epoch_numbers=np.arange(1, 4))
+    # without epoch numbers the first E rows are epochs 1..E (unchanged behaviour)
+    np.testing.assert_allclose(S.abl_score(losses, 3), -losses[:3].mean(0))
+
+
+def test_tracked_losses_reads_the_trackers_file(tmp_path):
+    from clipguard.detect.pipeline import tracked_losses
+    from clipguard.evaluate import PerSampleTracker
+
+    tracker = PerSampleTracker(dataset=None)
+    for epoch in (3, 1, 2):
+        tracker.records[epoch] = (torch.full((4,), float(epoch)), torch.arange(4.0) + 10 * epoch)
+
+    class Run:
+        id = "r"
+
+        def artifact(self, name):
+            return tmp_path / name
+
+    tracker.save(tmp_path / "per_sample.npz")
+    loss, epochs = tracked_losses(Run())
+    np.testing.assert_array_equal(epochs, [1, 2, 3])
+    np.testing.assert_allclose(S.abl_score(loss, 2, epoch_numbers=epochs), -(np.arange(4.0) + 15))
+
+
 @pytest.mark.parametrize("name", ALL_EMBEDDING)
 def test_permutation_of_input_permutes_scores(name):
     x = _data(duplicates=False)
@@ -429,6 +471,12 @@ def test_stored_scores_are_keyed_by_the_loss_values(tmp_path, monkeypatch):
     again, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), variants, losses=first.copy())
     np.testing.assert_array_equal(again["abl/abl"], a["abl/abl"])
     assert len(store.runs()) == 2          # same values -> the stored result, other values -> a new one
+    # the epoch numbers of the rows are part of the key too
+    first_epoch = {"abl": {"names": ["abl"], "abl_epochs": 1}}
+    c, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), first_epoch, losses=first, loss_epochs=np.array([1, 2]))
+    d, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), first_epoch, losses=first, loss_epochs=np.array([2, 1]))
+    np.testing.assert_allclose(c["abl/abl"], -first[0])
+    np.testing.assert_allclose(d["abl/abl"], -first[1])
     # the fingerprint sees dtype and shape, not only the bytes
     assert pipeline.array_fingerprint(first) != pipeline.array_fingerprint(first.astype(np.float32))
     assert pipeline.array_fingerprint(first) != pipeline.array_fingerprint(first.reshape(3, 4))

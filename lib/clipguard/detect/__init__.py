@@ -8,5 +8,5 @@ so it is excluded from the run store's code identity (editing it never retrains)
 from .knn import *  # noqa: F401,F403
 from .metrics import *  # noqa: F401,F403
 from .scores import *  # noqa: F401,F403
-from .pipeline import code_version, embed, stored_scores, toy_2d  # noqa: F401
+from .pipeline import array_fingerprint, code_version, embed, stored_scores, toy_2d, tracked_losses  # noqa: F401
 from . import knn as knn_module, metrics, scores  # noqa: F401

@@ -16,7 +16,7 @@ import numpy as np
 
 from .scores import score_many
 
-__all__ = ["code_version", "embed", "toy_2d", "Toy2D", "stored_scores", "array_fingerprint"]
+__all__ = ["code_version", "embed", "toy_2d", "Toy2D", "stored_scores", "array_fingerprint", "tracked_losses"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -48,16 +48,29 @@ def embed(model, dataset, normalize: bool = False, batch_size: int = 512) -> tup
     return images, texts
 
 
-def stored_scores(store, run, dataset, variants: dict[str, dict], seed: int = 0, losses: np.ndarray | None = None
-                  ) -> tuple[dict[str, np.ndarray], dict]:
+def tracked_losses(run) -> tuple[np.ndarray, np.ndarray]:
+    """The per-pair loss matrix ``[rows, N]`` of a run trained with per-pair tracking (``per_sample.npz``, written
+    by :class:`clipguard.evaluate.PerSampleTracker`) and the 1-based epoch number of each row, for ABL."""
+    path = run.artifact("per_sample.npz")
+    if not path.exists():
+        raise FileNotFoundError(f"run {run.id} has no per_sample.npz: train it with track_per_sample=True")
+    with np.load(path) as records:
+        if "epochs" not in records.files:
+            raise ValueError(f"{path} has no 'epochs' array: cannot tell which epoch each loss row belongs to")
+        return records["loss"], records["epochs"].astype(np.int64)
+
+
+def stored_scores(store, run, dataset, variants: dict[str, dict], seed: int = 0, losses: np.ndarray | None = None,
+                  loss_epochs: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Scores of several detector *variants* on ``run``'s model over ``dataset``, computed once and stored.
 
     ``variants`` maps a label to the keyword arguments of :func:`~clipguard.detect.scores.score_many` plus
     ``names`` (the detectors) and an optional ``embedding`` (``"raw"`` default, or ``"normalized"``); the result
     maps ``"<label>/<detector>"`` to scores. Seconds per variant come back in the stored metrics. The store key
-    holds the content hash of ``losses`` (:func:`array_fingerprint`), so other losses give other scores."""
+    holds the content hashes of ``losses`` and ``loss_epochs`` (the epoch number of each loss row, see
+    :func:`tracked_losses`; :func:`array_fingerprint`), so other losses give other scores."""
     config = {"kind": "detector-scores", "run": run.id, "variants": variants, "seed": seed,
-              "detect_code": code_version(), "losses": array_fingerprint(losses)}
+              "detect_code": code_version(), "losses": array_fingerprint(losses), "loss_epochs": array_fingerprint(loss_epochs)}
 
     def compute(work: Path) -> dict:
         model = run.load_model()
@@ -71,7 +84,7 @@ def stored_scores(store, run, dataset, variants: dict[str, dict], seed: int = 0,
                 cache[embedding] = embed(model, dataset, normalize=embedding == "normalized")
             image, text = cache[embedding]
             started = time.perf_counter()
-            result = score_many(names, image, text, seed=seed, losses=losses, **options)
+            result = score_many(names, image, text, seed=seed, losses=losses, loss_epochs=loss_epochs, **options)
             seconds[label] = time.perf_counter() - started
             arrays.update({f"{label}/{name}": values for name, values in result.items()})
         np.savez_compressed(work / "scores.npz", **arrays)

@@ -187,9 +187,13 @@ def gmm_split(image: np.ndarray, text: np.ndarray, seed: int = 0, threshold: flo
     return GmmSplit(-p_clean, p_clean, cos, gmm.means_[:, 0].copy(), p_clean >= threshold, threshold)
 
 
-def abl_score(losses: np.ndarray, epochs: int = 10) -> np.ndarray:
-    """Anti-Backdoor Learning loss tracking (Li et al., NeurIPS 2021): ``-(1/E) sum_{e<E} loss_e``, from a
-    per-sample loss matrix ``[epochs, N]`` (backdoor pairs are learned fast, so low early loss = suspicious)."""
+def abl_score(losses: np.ndarray, epochs: int = 10, epoch_numbers=None) -> np.ndarray:
+    """Anti-Backdoor Learning loss tracking (Li et al., NeurIPS 2021): ``-(1/E) sum_{e=1..E} loss_e``, from a
+    per-sample loss matrix ``[rows, N]`` (backdoor pairs are learned fast, so low early loss = suspicious).
+
+    ``epoch_numbers``: the 1-based epoch number of each row (``per_sample.npz``'s ``epochs``); the score then
+    averages the rows of epochs 1..E *by number*, whatever their order, and names the epochs it lacks (a resumed
+    run may have lost some). ``None``: the first E rows are taken to be epochs 1..E."""
     losses = np.asarray(losses, dtype=np.float64)
     if losses.ndim != 2:
         raise ValueError(f"losses must be [epochs, N], got shape {losses.shape}")
@@ -197,7 +201,23 @@ def abl_score(losses: np.ndarray, epochs: int = 10) -> np.ndarray:
         raise ValueError(f"losses hold NaN/inf (first bad sample: {int(np.flatnonzero(~np.isfinite(losses).all(0))[0])})")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    return -losses[:epochs].mean(0)
+    if epoch_numbers is None:
+        return -losses[:epochs].mean(0)
+    numbers = np.asarray(epoch_numbers)
+    if numbers.ndim != 1 or len(numbers) != len(losses):
+        raise ValueError(f"epoch_numbers must give one epoch per loss row ({len(losses)}), got shape {numbers.shape}")
+    if not np.issubdtype(numbers.dtype, np.integer):
+        raise ValueError(f"epoch_numbers must be integers, got dtype {numbers.dtype}")
+    values, counts = np.unique(numbers, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"epoch_numbers repeat epoch(s) {values[counts > 1].tolist()}")
+    wanted = np.arange(1, epochs + 1)
+    missing = np.setdiff1d(wanted, numbers)
+    if missing.size:
+        raise ValueError(f"ABL over epochs 1..{epochs} needs every one of them; the loss matrix lacks epoch(s) "
+                         f"{missing.tolist()} (it has {numbers.tolist()})")
+    rows = np.searchsorted(values, wanted)
+    return -losses[np.argsort(numbers, kind="stable")[rows]].mean(0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -336,7 +356,7 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
                reference: str = "global", batch_size: int | None = None, clean_image=None, clean_text=None,
                normalize: bool = False, metric: str = "euclidean", seed: int = 0, query_radius: str = "r_k",
                released_quirks: bool = False, approximate: str | None = None, losses=None, abl_epochs: int = 10,
-               knn_options: dict | None = None) -> dict[str, np.ndarray]:
+               loss_epochs=None, knn_options: dict | None = None) -> dict[str, np.ndarray]:
     """Scores ``[N]`` (higher = more suspicious) of several detectors; graph detectors share one kNN graph per
     reference block.
 
@@ -349,6 +369,7 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
     * ``normalize``: L2-normalise embeddings first (the released code uses un-normalised encoder outputs).
     * ``released_quirks``: the released code's k_distance/lid/slof/dao (Section 5; self-referencing modes only).
     * ``approximate``: ``None`` (exact :func:`knn`) or ``"hnsw"`` / ``"ivf"`` (:func:`knn_approx`).
+    * ``losses`` ``[rows, N]``, ``loss_epochs`` (1-based epoch number of each row), ``abl_epochs``: :func:`abl_score`.
     """
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in DETECTORS]
@@ -364,7 +385,7 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
     if "abl" in names:
         if losses is None:
             raise ValueError("detector 'abl' needs losses=[epochs, N] per-sample losses")
-        out["abl"] = abl_score(losses, abl_epochs)
+        out["abl"] = abl_score(losses, abl_epochs, loss_epochs)
     rest = [n for n in names if n != "abl"]
     if not rest:
         return out
