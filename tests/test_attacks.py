@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import types
 
 import pandas as pd
 import pytest
@@ -10,12 +11,13 @@ import torch
 from torch import nn
 
 from clipguard import data
+from clipguard.attacks import hooks
 from clipguard.attacks import (PLACEMENTS, TRIGGERS, PoisonSpecError, TargetSet, TriggerError, apply_to_uint8,
                                backdoor_asr, backdoor_success, build_poisoned, captions_naming,
                                cleanclip_release_asr, load_manifest, make_trigger, mean_interval,
                                multi_target_backdoor_asr, patch_side, rebuild_from_manifest, save_manifest,
                                spec_identity, targeted_asr, targeted_success, to_uint8, trigger_artefacts,
-                               wanet_displacement, wanet_grid, without_images_of)
+                               triggered_test_images, wanet_displacement, wanet_grid, without_images_of)
 
 MULTI = {"name": "multi", "triggers": [{"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"}]}
 
@@ -512,6 +514,30 @@ def test_backdoor_asr_on_a_toy_model_with_planted_predictions():
                                                     {"trigger": trigger.identity(), "target_class": "c4"}])
     assert multi["0:badnet_yellow->c2"]["successes"] == 5
     assert multi["1:badnet_yellow->c4"]["total"] == 8
+
+
+def test_test_time_trigger_uses_the_training_overflow(tiny_fashion, monkeypatch):
+    """Regression: the test-time trigger was always converted to 8 bits with 'clip', so with CleanCLIP's 'wrap'
+    the ASR measured another trigger than the one trained."""
+    trigger = {"name": "badnet_random", "clip": False, "patch_fraction": 0.25}  # unclipped: values wrap around
+    spec = {**HTBA_SPEC, "trigger": trigger, "overflow": "wrap", "count": 8}
+    p = build_poisoned(tiny_fashion, spec, seed=0)
+    made = make_trigger(trigger)
+    clipped_differs = False
+    for _, row in p.manifest.iterrows():
+        src = tiny_fashion.keys.index(row.source_key)
+        source = tiny_fashion.float_images(slice(src, src + 1))
+        at_test = triggered_test_images(source, made, _gen(row.sample_seed), overflow="wrap")
+        assert torch.equal(at_test[0], p.data.images[row.row].float() / 255)
+        clipped = triggered_test_images(source, made, _gen(row.sample_seed), overflow="clip")
+        clipped_differs |= not torch.equal(clipped[0], at_test[0])
+    assert clipped_differs  # the old behaviour would have measured another trigger
+    # the evaluator passes the spec's overflow on
+    seen = []
+    monkeypatch.setattr(hooks, "backdoor_asr", lambda *args, **kwargs: seen.append(kwargs["overflow"]) or {})
+    hooks._eval_backdoor(None, {"poison": spec}, types.SimpleNamespace(test=tiny_fashion))
+    hooks._eval_backdoor(None, {"poison": HTBA_SPEC}, types.SimpleNamespace(test=tiny_fashion))
+    assert seen == ["wrap", "clip"]
 
 
 def test_targeted_asr_on_a_toy_model_with_planted_predictions():

@@ -12,7 +12,7 @@ The ``info`` they return holds ``is_poison``, ``count``, ``rate`` (effective), `
 
 Evaluators: ``targeted_asr`` (top-1/top-5 over the evaluation classes) and ``backdoor_asr`` (options:
 ``placement`` for the test-time placement, ``seed`` for random triggers; default: the training placement and the
-model seed). Both return nothing for a run of the other attack kind or without poisons.
+model seed; triggered test images are converted to 8 bits with the spec's ``overflow``, as the poisons were). Both return nothing for a run of the other attack kind or without poisons.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _eval_backdoor(model, spec: dict, prepared) -> dict:
         if spec.get("placement") and "placement" in trigger.params:
             trigger = trigger.with_params(placement=spec["placement"])
         result = backdoor_asr(model, prepared.test, trigger, component["target_class"],
-                              torch.Generator().manual_seed(seed))
+                              torch.Generator().manual_seed(seed), overflow=parsed.overflow)
         prefix = "backdoor_" if len(parsed.components) == 1 else f"backdoor{i}_"
         out.update({f"{prefix}{k}": v for k, v in result.items() if k in ("successes", "total", "asr", "target",
                                                                          "placement", "n_excluded")})

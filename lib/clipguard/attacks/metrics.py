@@ -30,7 +30,7 @@ from .build import PoisonedSet, TargetSet
 from .triggers import Trigger, make_trigger, to_uint8
 
 __all__ = ["ASR", "targeted_success", "backdoor_success", "cleanclip_release_asr", "targeted_asr", "backdoor_asr",
-           "multi_target_backdoor_asr", "mean_interval", "BACKDOOR_ASR_DEFINITION", "TARGETED_ASR_DEFINITION"]
+           "multi_target_backdoor_asr", "triggered_test_images", "mean_interval", "BACKDOOR_ASR_DEFINITION", "TARGETED_ASR_DEFINITION"]
 
 TARGETED_ASR_DEFINITION = ("targeted ASR (evaluation.md 4.1): fraction of targets whose clean image is classified "
                            "zero-shot as its adversarial class within the top k")
@@ -147,18 +147,27 @@ def _class_index(classnames: Sequence[str], target: str | int) -> int:
     return list(classnames).index(target)
 
 
+def triggered_test_images(images: torch.Tensor, trigger: Trigger, generator: torch.Generator | None = None,
+                          overflow: str = "clip") -> torch.Tensor:
+    """Test images (float ``[B, 3, H, W]`` in [0, 1]) triggered and rounded to 8 bits exactly as training poisons
+    are stored: ``overflow`` is the poison spec's float -> uint8 conversion (``clip``, or CleanCLIP's ``wrap``), so
+    the test-time trigger is the trained one."""
+    return to_uint8(trigger(images, generator), overflow).float().div(255.0)
+
+
 @torch.no_grad()
 def backdoor_asr(model, test_set: ImageCaptionSet, trigger: Trigger | dict, target_class: str | int,
                  generator: torch.Generator | None = None, classnames: Sequence[str] | None = None,
                  templates: Sequence[str] | None = None, ks: Sequence[int] = (1,), batch_size: int = 256,
-                 classifier: torch.Tensor | None = None, quantize: bool = True, per_item: bool = False) -> dict:
+                 classifier: torch.Tensor | None = None, quantize: bool = True, per_item: bool = False,
+                 overflow: str = "clip") -> dict:
     """Backdoor ASR (evaluation.md 4.2) of a model on a labelled test set.
 
     Every test image is triggered at the trigger's declared placement (use ``trigger.with_params(placement=...)``
     for a test-time placement, attacks.md Section 7; random triggers draw from ``generator``), zero-shot classified
     over ``classnames`` (default: the test set's) with ``templates`` (default: the test set's, else the 80 CLIP
     templates); images whose true class is the target are excluded. ``quantize``: round triggered images to 8 bits
-    as the poisons are stored. Returns ``successes``, ``total`` (eligible images), ``asr`` (top-1) and, for other
+    as the poisons are stored, with the poison spec's ``overflow`` (:func:`triggered_test_images`). Returns ``successes``, ``total`` (eligible images), ``asr`` (top-1) and, for other
     k, ``top{k}_asr``; plus ``n_test``, ``n_excluded``, ``target``, ``trigger`` (identity) and ``placement``;
     ``per_item`` adds the 0/1 list over eligible images (for a bootstrap over test images)."""
     if test_set.labels is None:
@@ -170,9 +179,8 @@ def backdoor_asr(model, test_set: ImageCaptionSet, trigger: Trigger | dict, targ
         classifier = zero_shot_classifier(model, classnames, list(templates or test_set.templates or CLIP_TEMPLATES))
     logits = []
     for start in range(0, len(test_set), batch_size):
-        images = trigger(test_set.float_images(slice(start, start + batch_size)), generator)
-        if quantize:
-            images = to_uint8(images).float().div(255.0)
+        images = test_set.float_images(slice(start, start + batch_size))
+        images = triggered_test_images(images, trigger, generator, overflow) if quantize else trigger(images, generator)
         logits.append(zero_shot_logits(model, images, classifier))
     logits = torch.cat(logits) if logits else torch.empty(0, len(classnames))
     out: dict = {}

@@ -58,7 +58,8 @@ class BackdoorSpec:
     synonyms: per-class word lists for "names the class" (:func:`clipguard.data.class_of_caption`); None: the
         Fashion-MNIST synonyms for Fashion-MNIST class names, else the class names themselves.
     templates: for ``caption_source="templates"``; None: the wrapped set's templates (else the 80 CLIP templates).
-    overflow: float -> uint8 conversion of triggered images, ``clip`` or CleanCLIP's ``wrap``.
+    overflow: float -> uint8 conversion of triggered images, ``clip`` or CleanCLIP's ``wrap``; the ``backdoor_asr``
+        evaluator triggers test images with the same conversion.
     """
 
     trigger: dict | None = None
