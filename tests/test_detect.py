@@ -137,6 +137,48 @@ def test_lof_clean_reference_equals_sklearn_novelty():
     np.testing.assert_allclose(ours, -ref.score_samples(x[200:].astype(np.float64)), rtol=1e-9)
 
 
+@pytest.mark.parametrize("space", ["image", "joint"])
+def test_clean_reference_excludes_the_query_itself(space):
+    """Regression: with reference="clean" a query that is in the clean set found itself at distance 0. Planted
+    case: isolated outliers that are also in the clean set must still rank first; with the clean set = the whole
+    data, clean mode equals global mode exactly."""
+    x, y = _planted()
+    t = x + 0.05 * np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    names = ["k_distance", "lid", "slof", "dao", "lof"]
+    clean = score_many(names, x, t, k=8, space=space, reference="clean", clean_image=x, clean_text=t)
+    glob = score_many(names, x, t, k=8, space=space)
+    for name in names:
+        np.testing.assert_allclose(clean[name], glob[name], rtol=1e-12, err_msg=name)
+    assert metrics.auroc(y, clean["k_distance"]) == 1.0
+    # explicit indices (clean set in another order) give the same; excluding nothing is the old, wrong answer
+    perm = np.random.default_rng(2).permutation(len(x))
+    where = np.argsort(perm)                      # query i sits at row where[i] of the permuted clean set
+    explicit = score("k_distance", x, t, k=1, space=space, reference="clean", clean_image=x[perm],
+                     clean_text=t[perm], clean_index=where)
+    np.testing.assert_allclose(explicit, score("k_distance", x, t, k=1, space=space))
+    unexcluded = score("k_distance", x, t, k=1, space=space, reference="clean", clean_image=x, clean_text=t,
+                       clean_index=None)
+    assert (unexcluded == 0).all()                # each query's nearest clean point is itself
+    # queries outside the clean set are untouched: the last 100 scored against the first 300
+    part = score("k_distance", x, t, k=3, space=space, reference="clean", clean_image=x[:300], clean_text=t[:300])
+    ref = np.concatenate([x[:300], t[:300]]) if space == "joint" else x[:300]
+    d = np.linalg.norm(x[:, None].astype(np.float64) - ref[None].astype(np.float64), axis=-1)
+    inside = np.arange(300)
+    d[inside, inside] = np.inf
+    if space == "joint":
+        d[inside, inside + 300] = np.inf          # its own caption
+    np.testing.assert_allclose(part, np.sort(d, 1)[:, 2], rtol=1e-6)   # fp32 rows: fp32 differences
+    with pytest.raises(ValueError, match="clean_index"):
+        score("k_distance", x, k=3, reference="clean", clean_image=x[:300], clean_index=np.zeros(3, int))
+
+
+def test_matching_rows():
+    a = np.array([[0.0, 1.0], [2.0, 3.0], [-0.0, 1.0]])
+    b = np.array([[2.0, 3.0], [0.0, 1.0], [5.0, 5.0]], dtype=np.float32)
+    np.testing.assert_array_equal(S.matching_rows(a, b), [1, 0, 1])
+    np.testing.assert_array_equal(S.matching_rows(b, a), [1, 0, -1])
+
+
 def test_textbook_formulas_on_hand_graph():
     # one query with neighbours at distances 1, 2, 4 (k = 3); neighbours' k-distances 2, 2, 8
     from clipguard.detect.knn import Neighbours

@@ -25,7 +25,7 @@ from .knn import Neighbours, knn, knn_approx
 
 __all__ = ["k_distance", "lid_mle", "slof", "dao", "lof", "isolation_forest", "clip_score", "gmm_split",
            "abl_score", "lid_released", "dao_released", "slof_released", "k_distance_released", "released_graph",
-           "score", "score_many", "DETECTORS", "SPACES", "REFERENCES", "GmmSplit"]
+           "score", "score_many", "matching_rows", "DETECTORS", "SPACES", "REFERENCES", "GmmSplit"]
 
 #: Added to k-distances in density ratios (SLOF, DAO, LOF) so that more than k coincident points give large but
 #: finite scores, as scikit-learn's LOF does (``1e-10``).
@@ -339,6 +339,45 @@ def _normalise(x: np.ndarray | None) -> np.ndarray | None:
     return x / norm
 
 
+def matching_rows(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """For each ``query`` row, the index of a reference row with exactly the same values (``-1`` if none): how
+    ``reference="clean"`` finds queries that are themselves in the clean set. Rows are compared by the bytes of
+    their float64 values (``-0.0`` counted as ``0.0``) through a hash, and hits are checked value by value."""
+    import hashlib
+
+    def keys(x: np.ndarray) -> list[bytes]:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float64) + 0.0)
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+
+    where: dict[bytes, int] = {}
+    for j, key in enumerate(keys(reference)):
+        where.setdefault(key, j)
+    found = np.array([where.get(key, -1) for key in keys(query)], dtype=np.int64)
+    hit = found >= 0
+    if hit.any() and not np.array_equal(np.asarray(query, np.float64)[hit], np.asarray(reference, np.float64)[found[hit]]):
+        raise RuntimeError("row hash collision between query and reference rows")
+    return found
+
+
+def _clean_exclusions(clean_index, queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """``[N]`` index of each query in the clean reference set (``-1``: not in it), from ``clean_index``."""
+    if clean_index is None:
+        return np.full(len(queries), -1, dtype=np.int64)
+    if isinstance(clean_index, str):
+        if clean_index != "auto":
+            raise ValueError(f"clean_index must be 'auto', None or an index array, got {clean_index!r}")
+        return matching_rows(queries, references)
+    index = np.asarray(clean_index)
+    if index.shape != (len(queries),) or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"clean_index must hold one integer per query ({len(queries)}), got {index.dtype} "
+                         f"of shape {index.shape}")
+    if index.size and (index.min() < -1 or index.max() >= len(references)):
+        bad = int(np.flatnonzero((index < -1) | (index >= len(references)))[0])
+        raise ValueError(f"clean_index[{bad}] = {index[bad]} is not -1 or an index into the {len(references)} "
+                         f"clean points")
+    return index.astype(np.int64)
+
+
 def _blocks(n: int, reference: str, batch_size: int | None, seed: int, minimum: int) -> list[np.ndarray]:
     if reference != "batch":
         return [np.arange(n)]
@@ -356,7 +395,7 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
                reference: str = "global", batch_size: int | None = None, clean_image=None, clean_text=None,
                normalize: bool = False, metric: str = "euclidean", seed: int = 0, query_radius: str = "r_k",
                released_quirks: bool = False, approximate: str | None = None, losses=None, abl_epochs: int = 10,
-               loss_epochs=None, knn_options: dict | None = None) -> dict[str, np.ndarray]:
+               loss_epochs=None, clean_index="auto", knn_options: dict | None = None) -> dict[str, np.ndarray]:
     """Scores ``[N]`` (higher = more suspicious) of several detectors; graph detectors share one kNN graph per
     reference block.
 
@@ -365,7 +404,11 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
       their own pair partner). Pair detectors (``clip_score``, ``gmm``) use both and ignore ``space``/``reference``.
     * ``reference``: ``"global"`` (all N samples), ``"batch"`` (shuffled with ``seed`` into batches of
       ``batch_size``; each sample scored once against its own batch, as the released code), or ``"clean"``
-      (queries scored against ``clean_image`` [and ``clean_text``]).
+      (queries scored against ``clean_image`` [and ``clean_text``]). A query that is itself in the clean set is
+      excluded from its own reference, as in the other modes: ``clean_index`` gives each query's index in the clean
+      set (``-1``: not in it); ``"auto"`` (default) finds it as the clean point with exactly the query's values
+      (image row, text row or both, by ``space``; so an exact duplicate of a query that is not the query is
+      excluded too); ``None`` excludes nothing.
     * ``normalize``: L2-normalise embeddings first (the released code uses un-normalised encoder outputs).
     * ``released_quirks``: the released code's k_distance/lid/slof/dao (Section 5; self-referencing modes only).
     * ``approximate``: ``None`` (exact :func:`knn`) or ``"hnsw"`` / ``"ivf"`` (:func:`knn_approx`).
@@ -441,6 +484,11 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
             ref_img, ref_txt = _normalise(ref_img), _normalise(ref_txt)
         if len(ref_img) < k + 1:
             raise ValueError(f"the clean reference set has {len(ref_img)} points; need at least k+1={k + 1}")
+        if q_space == "joint":
+            own_clean = _clean_exclusions(clean_index, np.concatenate([image, text], 1),
+                                          np.concatenate([ref_img, ref_txt], 1))
+        else:
+            own_clean = _clean_exclusions(clean_index, image, ref_img)
     elif n < need:
         raise ValueError(f"{n} points but k={k} needs at least {need} (the query plus {need - 1} neighbours)")
     scores = {nm: np.empty(n) for nm in local}
@@ -473,9 +521,12 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
                 refs = np.concatenate([ref_img, ref_txt])
                 m = len(ref_img)
                 ex_ref = np.stack([np.arange(2 * m), np.concatenate([np.arange(m, 2 * m), np.arange(m)])], 1)
+                own = own_clean[block]
+                ex_query = np.stack([own, np.where(own >= 0, own + m, -1)], 1)   # own image and own caption
             else:
                 refs, ex_ref = ref_img, "self"
-            query_nb = search(img_b, refs, kk, None)
+                ex_query = own_clean[block][:, None]
+            query_nb = search(img_b, refs, kk, ex_query)
             ref_nb = search(refs, refs, k, ex_ref) if needs_ref else None
         elif q_space == "joint":
             m = len(img_b)
