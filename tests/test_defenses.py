@@ -87,7 +87,7 @@ def test_objective_specs_build_the_registered_objectives():
     objective = experiments.OBJECTIVES["roclip"]({"name": "roclip", "pool_fraction": 0.1, "every": 2}, dataset,
                                                  {"is_poison": poison, "seed": 3})
     assert isinstance(objective, RoCLIPObjective)
-    assert objective.config.pool_size == 5 and objective.config.every == 2
+    assert objective.config.pool_entries(len(dataset)) == 5 and objective.config.every == 2
     assert isinstance(objective.image_augment, ImagePolicy) and isinstance(objective.text_augment, CaptionAugmenter)
     assert (objective.adversarial_category[3:] == -1).all()
     plain = experiments.OBJECTIVES["clip"]({"name": "clip"}, dataset, {})
@@ -98,10 +98,14 @@ def test_objective_specs_build_the_registered_objectives():
 
 def test_roclip_spec_writes_the_paper_defaults_out():
     from clipguard.augment import ImagePolicy
-    from clipguard.defenses import SMALL_IMAGE_POLICY, augmentation_hooks, augmented_clip_spec, roclip_spec
+    from clipguard.defenses import SMALL_IMAGE_POLICY, RoCLIPConfig, augmented_clip_spec, roclip_spec
+    from clipguard.experiments import augmentation_hooks
 
-    assert roclip_spec() == {"name": "roclip", "every": 3, "pool_fraction": 0.02, "image_policy": SMALL_IMAGE_POLICY}
-    image_hook, _ = augmentation_hooks({**roclip_spec(), "augment": True}, seed=0)
+    assert roclip_spec() == {"name": "roclip", "every": 3, "pool_fraction": 0.02, "pool_size": None,
+                             "pool_init": "captions", "refresh_in_clip_epochs": True, "augment": True,
+                             "image_policy": SMALL_IMAGE_POLICY, "caption_resample": True}
+    assert roclip_spec(every=3) == roclip_spec()  # one canonical spec: chapters share the stored run
+    image_hook, _ = augmentation_hooks(RoCLIPConfig.from_spec(roclip_spec()), seed=0)
     assert image_hook == ImagePolicy(scale=(0.8, 1.0), jitter_p=0.5, brightness=0.3, contrast=0.3, saturation=0.3,
                                      hue=0.0)
     assert augmented_clip_spec()["augment"] is True
@@ -111,7 +115,7 @@ def test_roclip_spec_writes_the_paper_defaults_out():
 
 
 def test_caption_categories_follow_class_words():
-    from clipguard.defenses import caption_categories
+    from clipguard.data import caption_categories
 
     dataset = data.fashion_mnist("test", n=20, seed=0)
     categories = caption_categories(dataset)

@@ -729,3 +729,22 @@ def load_cached(path: str | Path) -> ImageCaptionSet:
     stored = torch.load(path, weights_only=True)
     return ImageCaptionSet(stored["images"], stored["captions"], stored["labels"], stored["classnames"],
                            stored["templates"], stored["name"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Keys and categories over whole sets
+# --------------------------------------------------------------------------------------------------------------
+
+def image_keys(dataset: ImageCaptionSet) -> list[str]:
+    """Content key of each row's image alone (:func:`content_key` with an empty caption): the same image under
+    another caption has the same key."""
+    return [content_key(image, "") for image in dataset.images]
+
+
+def caption_categories(dataset: ImageCaptionSet) -> torch.Tensor:
+    """Category of every caption (-1 = none) by class-word match (:func:`class_synonyms` of the set's classes)."""
+    if not dataset.classnames:
+        return torch.full((len(dataset),), -1, dtype=torch.long)
+    synonyms = class_synonyms(dataset.classnames)
+    found = [class_of_caption(c, synonyms) for c in dataset.captions]
+    return torch.tensor([-1 if c is None else c for c in found], dtype=torch.long)

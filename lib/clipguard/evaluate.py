@@ -132,14 +132,15 @@ def linear_probe_torch(train_features: torch.Tensor, train_labels: torch.Tensor,
 
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
                      ) -> dict[str, float]:
-    """Recall@k for image->text and text->image retrieval where pair i is image i with caption i."""
+    """Recall@k for image->text and text->image retrieval where pair i is image i with caption i. Ties count
+    against the true partner (a collapsed model with identical embeddings scores 0, not 1)."""
     similarity = image_features @ text_features.T
     target = torch.arange(len(similarity))
     result = {}
     for direction, sims in (("image_to_text", similarity), ("text_to_image", similarity.T)):
-        # rank of the true partner = number of candidates scoring strictly higher
+        # rank of the true partner = number of other candidates scoring at least as high
         true = sims[target, target][:, None]
-        rank = (sims > true).sum(1)
+        rank = (sims >= true).sum(1) - 1
         for k in ks:
             result[f"{direction}_R@{k}"] = float((rank < k).float().mean())
     return result
@@ -221,12 +222,22 @@ class PerSampleTracker:
                 out[f"loss_{name}"] = float(loss[mask].mean())
         return out
 
+    def state_dict(self) -> dict:
+        """The records so far: kept in the training checkpoint, so a resumed run saves every epoch."""
+        return {"records": {int(e): (c.clone(), l.clone()) for e, (c, l) in self.records.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records = {int(e): (c.clone(), l.clone()) for e, (c, l) in state["records"].items()}
+
     def save(self, path) -> None:
-        import os
+        from .utils import atomic_write
 
         epochs = sorted(self.records)
-        tmp = f"{path}.tmp.npz"
-        np.savez_compressed(tmp, epochs=np.array(epochs),
-                            cosine=torch.stack([self.records[e][0] for e in epochs]).numpy(),
-                            loss=torch.stack([self.records[e][1] for e in epochs]).numpy())
-        os.replace(tmp, path)
+        arrays = {"epochs": np.array(epochs, dtype=np.int64),
+                  "cosine": torch.stack([self.records[e][0] for e in epochs]).numpy(),
+                  "loss": torch.stack([self.records[e][1] for e in epochs]).numpy()}
+
+        def write(tmp):
+            with open(tmp, "wb") as stream:
+                np.savez_compressed(stream, **arrays)
+        atomic_write(path, write)

@@ -9,9 +9,11 @@ objectives) with the ``register_*`` decorators.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import data as data_lib
@@ -19,44 +21,83 @@ from .evaluate import (PerSampleTracker, ZeroShotEval, class_retrieval_precision
                        text_embeddings, zero_shot_accuracy)
 from .models import CLIPModel, build_model
 from .profiles import Profile, resolve
-from .runs import Run, RunStore
+from .runs import CORE_MODULES, Run, RunStore, code_identity
 from .train import ClipObjective, TrainConfig, train
+from .utils import config_from_spec
 
 __all__ = ["DATASETS", "POISONERS", "OBJECTIVES", "EVALUATORS", "register_dataset", "register_poisoner",
-           "register_objective", "register_evaluator", "load_dataset", "clip_spec", "run", "Prepared", "prepare"]
+           "register_objective", "register_evaluator", "load_dataset", "clip_spec", "finetune_spec", "run",
+           "Prepared", "prepare", "spec_modules", "attack_of", "AugmentConfig", "augmentation_hooks"]
 
 DATASETS: dict[str, Callable[..., data_lib.ImageCaptionSet]] = {}
 POISONERS: dict[str, Callable] = {}
 OBJECTIVES: dict[str, Callable] = {}
 EVALUATORS: dict[str, Callable] = {}
+#: (table, name) -> the modules a registered function runs beyond the core ones: its own module plus ``uses``
+#: (a tuple of module names, or a function of the spec section returning one). They enter the run's key.
+_MODULES: dict[tuple[str, str], tuple[str, Callable | tuple[str, ...]]] = {}
+_TABLES = {"dataset": DATASETS, "poisoner": POISONERS, "objective": OBJECTIVES, "evaluator": EVALUATORS}
 
 
-def _register(table: dict, name: str):
+def _register(kind: str, name: str, uses: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()):
     def decorator(fn):
-        table[name] = fn
+        _TABLES[kind][name] = fn
+        _MODULES[(kind, name)] = (fn.__module__, uses)
         return fn
     return decorator
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, uses=()):
     """``fn(split, n, seed, image_size) -> ImageCaptionSet``."""
-    return _register(DATASETS, name)
+    return _register("dataset", name, uses)
 
 
-def register_poisoner(name: str):
+def register_poisoner(name: str, uses=()):
     """``fn(clean: ImageCaptionSet, spec: dict, context: dict) -> (ImageCaptionSet, info: dict)``; ``info`` may hold
     tensors (e.g. ``is_poison``) and is passed to objectives and evaluators."""
-    return _register(POISONERS, name)
+    return _register("poisoner", name, uses)
 
 
-def register_objective(name: str):
-    """``fn(spec: dict, train_data: ImageCaptionSet, info: dict) -> Objective``."""
-    return _register(OBJECTIVES, name)
+def register_objective(name: str, uses=()):
+    """``fn(spec: dict, train_data: ImageCaptionSet, info: dict) -> Objective``. ``uses``: modules the objective
+    runs beyond its own (e.g. ``("clipguard.augment",)``), or a function of the objective spec returning them."""
+    return _register("objective", name, uses)
 
 
-def register_evaluator(name: str):
+def register_evaluator(name: str, uses=()):
     """``fn(model, spec: dict, prepared: Prepared) -> dict`` of JSON-able metrics."""
-    return _register(EVALUATORS, name)
+    return _register("evaluator", name, uses)
+
+
+def _declared(kind: str, name: str, section: dict) -> list[str]:
+    module, uses = _MODULES[(kind, name)]
+    extra = uses(section) if callable(uses) else uses
+    return [module, *extra]
+
+
+def code_key(spec: dict, package_dir: Path | None = None) -> str:
+    """The code part of a spec's run key: :func:`~clipguard.runs.code_identity` of :func:`spec_modules`."""
+    from .runs import PACKAGE_DIR
+
+    return code_identity(spec_modules(spec), package_dir or PACKAGE_DIR)
+
+
+def spec_modules(spec: dict) -> list[str]:
+    """The library modules a spec's run executes: the core ones plus what its datasets, poisoner, objective and
+    evaluators declared when they registered (a parent run of ``init`` is keyed by its own id)."""
+    load_plugins()
+    modules = list(CORE_MODULES)
+    for key in ("data", "test", "probe_train"):
+        if spec.get(key):
+            modules += _declared("dataset", spec[key]["name"], spec[key])
+    if spec.get("poison"):
+        modules += _declared("poisoner", spec["poison"]["kind"], spec["poison"])
+    objective = spec.get("objective") or {"name": "clip"}
+    modules += _declared("objective", objective.get("name", "clip"), objective)
+    for entry in spec.get("evaluate", []):
+        name, options = _evaluator_name(entry)
+        modules += _declared("evaluator", name, options)
+    return sorted(set(modules))
 
 
 @register_dataset("fashion-mnist")
@@ -79,15 +120,29 @@ def load_plugins() -> None:
 
 
 def load_dataset(spec: dict) -> data_lib.ImageCaptionSet:
-    """``{"name", "split", "n", "seed", "image_size"}`` -> dataset."""
+    """``{"name", "split", "n", "seed", "image_size"}`` -> dataset. With ``"disjoint_from": <dataset spec>`` the
+    ``n`` rows are drawn (with ``seed``) from the split's images that the other set does not hold, e.g. a clean
+    fine-tuning set that shares no image with the pre-training set."""
     spec = dict(spec)
     name = spec.pop("name")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; registered: {sorted(DATASETS)}")
-    allowed = {"split", "n", "seed", "image_size"}
+    allowed = {"split", "n", "seed", "image_size", "disjoint_from"}
     if set(spec) - allowed:
         raise ValueError(f"unknown dataset field(s) {sorted(set(spec) - allowed)}; allowed: {sorted(allowed)}")
-    return DATASETS[name](spec.get("split", "train"), spec.get("n"), spec.get("seed", 0), spec.get("image_size", 32))
+    load = lambda n: DATASETS[name](spec.get("split", "train"), n, spec.get("seed", 0),  # noqa: E731
+                                    spec.get("image_size", 32))
+    if not spec.get("disjoint_from"):
+        return load(spec.get("n"))
+    candidates = load(None)
+    taken = data_lib.image_keys(load_dataset(spec["disjoint_from"]))
+    free = [i for i, key in enumerate(data_lib.image_keys(candidates)) if key not in taken]
+    n = spec.get("n") or len(free)
+    if n > len(free):
+        raise ValueError(f"dataset {name!r}: asked for {n} rows disjoint from {spec['disjoint_from'].get('name')!r}, "
+                         f"but only {len(free)} remain")
+    rows = np.sort(np.random.default_rng(spec.get("seed", 0)).choice(free, size=n, replace=False))
+    return candidates.subset(rows.tolist(), name=f"{candidates.name}-disjoint")
 
 
 def clip_spec(profile: str | Profile = "cpu", seed: int = 0, **overrides) -> dict:
@@ -123,7 +178,11 @@ def clip_spec(profile: str | Profile = "cpu", seed: int = 0, **overrides) -> dic
 
 
 class Prepared:
-    """The resolved inputs of a spec: training data (poisoned if asked), poison info, test and probe sets."""
+    """The resolved inputs of a spec: training data (poisoned if asked), poison info, test and probe sets.
+
+    ``info`` describes this spec's own training data (objectives read it: ``is_poison`` marks its rows);
+    ``attack_info`` is what the evaluators read: the spec's own poisoning, or for a fine-tuning spec (``init``)
+    the poisoning of the run it starts from, so a fine-tuned model is measured against its parent's attack."""
 
     def __init__(self, spec: dict):
         self.spec = spec
@@ -140,6 +199,21 @@ class Prepared:
                 raise ValueError(f"unknown poison kind {kind!r}; registered: {sorted(POISONERS)} "
                                  "(import clipguard.attacks to register the attacks)")
             self.train_data, self.info = POISONERS[kind](self.clean, poison, {"spec": spec, "test": self.test})
+        self._parent: Prepared | None = None
+
+    @property
+    def attack_info(self) -> dict:
+        if self.info or not self.spec.get("init"):
+            return self.info
+        if self._parent is None:
+            self._parent = Prepared(self.spec["init"])
+        return self._parent.attack_info
+
+    def for_evaluation(self) -> "Prepared":
+        """A view whose ``info`` is :attr:`attack_info` (what the evaluators read)."""
+        view = copy.copy(self)
+        view.info = self.attack_info
+        return view
 
     def fingerprints(self) -> dict[str, str]:
         out = {"train": self.train_data.fingerprint(), "test": self.test.fingerprint()}
@@ -152,15 +226,54 @@ def prepare(spec: dict) -> Prepared:
     return Prepared(spec)
 
 
+def attack_of(spec: dict) -> dict | None:
+    """The poison section a spec's model was attacked with: its own, else that of the run it starts from."""
+    while spec is not None:
+        if spec.get("poison"):
+            return spec["poison"]
+        spec = spec.get("init")
+    return None
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation fields shared by the ``clip`` objective and the defences: ``augment`` turns on the image policy
+    (``image_policy``: :class:`clipguard.augment.ImagePolicy` fields) and EDA on captions (``caption_resample``:
+    new EDA every epoch; False is the released RoCLIP code's fixed-once caption)."""
+
+    augment: bool = False
+    image_policy: dict | None = None
+    caption_resample: bool = True
+
+
+def augmentation_hooks(config: AugmentConfig, seed: int) -> tuple[Callable | None, Callable | None]:
+    """Image and caption augmentation hooks for :class:`~clipguard.train.ClipObjective` from an augmentation
+    config (None, None when ``augment`` is off)."""
+    if not config.augment:
+        return None, None
+    from .augment import CaptionAugmenter, ImagePolicy
+
+    policy = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.image_policy or {}).items()}
+    return ImagePolicy(**policy), CaptionAugmenter(seed=seed, resample=config.caption_resample)
+
+
+def augment_modules(section: dict) -> tuple[str, ...]:
+    """The modules an objective spec runs for augmentation (for the run key): the augment package when on."""
+    return ("clipguard.augment",) if section.get("augment") else ()
+
+
+@register_objective("clip", uses=augment_modules)
+def _clip_objective(spec: dict, train_data, info: dict) -> ClipObjective:
+    config = config_from_spec(AugmentConfig, spec, "objective 'clip'")
+    return ClipObjective(*augmentation_hooks(config, info.get("seed", 0)))
+
+
 def make_objective(spec: dict, prepared: Prepared):
     objective = dict(spec.get("objective") or {"name": "clip"})
     name = objective.get("name", "clip")
-    if name == "clip" and set(objective) == {"name"}:
-        return ClipObjective()
     load_plugins()
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; registered: {sorted(set(OBJECTIVES) | {'clip'})} "
-                         "(import clipguard.defenses to register the defences)")
+        raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name](objective, prepared.train_data, {**prepared.info, "seed": spec["train"]["seed"]})
 
 
@@ -203,11 +316,49 @@ def _evaluator_name(entry: str | dict) -> tuple[str, dict]:
     return entry.pop("name"), entry
 
 
+def finetune_spec(parent: dict, data: dict | None = None, objective: dict | None = None, train: dict | None = None,
+                  n: int | None = None, seed_offset: int = 3000, **overrides) -> dict:
+    """A spec that starts from the stored run of ``parent`` (its ``init``) and trains on clean ``data``: by default
+    ``n`` rows (default: a fifth of the parent's) of the parent's dataset split that share no image with the
+    parent's training set (``disjoint_from``), seeded ``parent seed + seed_offset``. ``train`` updates the parent's
+    optimisation settings; ``objective`` defaults to plain CLIP; the evaluators are the parent's, and attack
+    success is measured against the parent's attack (:func:`attack_of`)."""
+    parent = copy.deepcopy(parent)
+    if data is None:
+        source = parent["data"]
+        data = {"name": source["name"], "split": source.get("split", "train"),
+                "n": n or max(1, (source.get("n") or 10000) // 5), "seed": source.get("seed", 0) + seed_offset,
+                "image_size": source.get("image_size", 32), "disjoint_from": source}
+    spec = {**parent, "init": parent, "data": data, "poison": None, "objective": objective or {"name": "clip"},
+            "train": {**parent["train"], **(train or {})}, "track_per_sample": False}
+    for key, value in overrides.items():
+        if key not in spec:
+            raise ValueError(f"unknown spec key {key!r}; known: {sorted(spec)}")
+        spec[key] = value
+    TrainConfig(**spec["train"])  # fail now on a bad optimisation field
+    return spec
+
+
+def _backend(spec: dict) -> dict:
+    """What changes numbers beyond the spec: the device type (autocast is on for CUDA only)."""
+    device = spec["train"].get("device", "auto")
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
+    return {"device": kind}
+
+
 def run(spec: dict, store: RunStore | None = None, force: bool = False, progress: bool = True) -> Run:
     """Get the stored run of ``spec`` or train it: build data (and poisons), model, objective; train with
-    per-epoch zero-shot tracking; evaluate; store weights, history and metrics."""
+    per-epoch zero-shot tracking; evaluate; store weights, history and metrics.
+
+    A spec with ``init`` (see :func:`finetune_spec`) first gets its parent run (trained once, shared) and starts
+    from the parent's weights; its key holds the parent's run id in place of the parent spec."""
     spec = copy.deepcopy(spec)
     store = store or RunStore(spec.get("profile", "cpu"))
+    key = spec
+    parent = None
+    if spec.get("init"):
+        parent = run(spec["init"], store, progress=progress)
+        key = {**spec, "init": {"run": parent.id}}
     prepared = Prepared(spec)
     load_plugins()
     for entry in spec.get("evaluate", []):
@@ -216,7 +367,8 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
             raise ValueError(f"unknown evaluator {name!r}; registered: {sorted(EVALUATORS)}")
 
     def train_fn(work: Path):
-        model = build_model(spec["model"], seed=spec.get("model_seed", 0))
+        model = parent.load_model().train() if parent is not None else build_model(spec["model"],
+                                                                                    seed=spec.get("model_seed", 0))
         config = TrainConfig(**spec["train"], progress=progress)
         objective = make_objective(spec, prepared)
         callbacks = [ZeroShotEval(prepared.test)]
@@ -232,17 +384,20 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
             tracker.save(work / "per_sample.npz")
         metrics = {"train_seconds": result.seconds, "pairs_per_second": result.pairs_per_second,
                    "n_train": len(prepared.train_data)}
-        for key, value in prepared.info.items():
+        for k, value in prepared.info.items():
             if isinstance(value, (int, float, str)):
-                metrics[f"poison_{key}"] = value
+                metrics[f"poison_{k}"] = value
+        evaluation = prepared.for_evaluation()
+        eval_spec = {**spec, "poison": attack_of(spec)}
         for entry in spec.get("evaluate", []):
             name, options = _evaluator_name(entry)
-            metrics.update(EVALUATORS[name](model, {**spec, **options}, prepared))
+            metrics.update(EVALUATORS[name](model, {**eval_spec, **options}, evaluation))
         for saver in prepared.info.get("savers", []):
             saver(work)
         return model, metrics
 
-    return store.get_or_train(spec, train_fn, data=prepared.fingerprints(), force=force)
+    return store.get_or_train(key, train_fn, data=prepared.fingerprints(), force=force,
+                              code=code_key(spec), environment=_backend(spec))
 
 
 def runs_over_seeds(profile: str, seeds: int | None = None, **overrides) -> list[Run]:

@@ -29,13 +29,21 @@ class Profile:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        test_rows = {"fashion-mnist": 10000}.get(self.dataset)
+        if test_rows is not None and self.n_test >= test_rows:
+            raise ValueError(f"profile {self.name!r}: n_test={self.n_test} leaves no held-out {self.dataset} test "
+                             f"images for targeted attacks (the split has {test_rows})")
+
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "fashion-mnist", n_train=1024, n_test=500, n_probe_train=1000, epochs=1,
                      batch_size=128, lr=2e-3, warmup_steps=4, model="clipguard-tiny", image_size=32, seeds=1),
     "cpu": Profile("cpu", "fashion-mnist", n_train=10000, n_test=2000, n_probe_train=5000, epochs=8,
                    batch_size=128, lr=2e-3, warmup_steps=50, model="clipguard-tiny", image_size=32, seeds=3),
-    "gpu": Profile("gpu", "fashion-mnist", n_train=60000, n_test=10000, n_probe_train=20000, epochs=20,
+    # n_test leaves 2,000 test images held out for targeted attacks' targets (10,000 left none), and n_train leaves
+    # 10,000 training images for clean fine-tuning sets disjoint from the pre-training set (CleanCLIP)
+    "gpu": Profile("gpu", "fashion-mnist", n_train=50000, n_test=8000, n_probe_train=20000, epochs=20,
                    batch_size=512, lr=1e-3, warmup_steps=200, model="clipguard-small", image_size=64, seeds=3),
 }
 

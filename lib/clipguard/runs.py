@@ -3,7 +3,10 @@
 A run lives in ``results/<profile>/<run-id>/`` where the id hashes the full resolved configuration together with
 the identity of the data (dataset fingerprints) and of the code (the library's source and package versions).
 ``get_or_train`` returns the stored run when one exists and trains otherwise, so notebooks share baselines and
-restyling a figure never retrains; a changed config, dataset or library never reuses a stale run.
+restyling a figure never retrains; a changed config, dataset or computation never reuses a stale run. The code
+part of the key covers only the modules a run executes (:data:`CORE_MODULES` plus what its dataset, poisoner,
+objective and evaluators declare), each hashed by its syntax tree without docstrings: rewording a docstring or
+adding an unrelated module keeps every stored run.
 
 Layout of a run: ``config.json`` (what was hashed), ``metrics.json`` (what the training function returned),
 ``metrics.jsonl`` (training history), ``model.safetensors`` (final weights, when there is a model),
@@ -13,7 +16,9 @@ interrupted training resumes from its checkpoint) and renamed into place only wh
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import fcntl
 import hashlib
 import json
@@ -27,19 +32,26 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
+
+from .utils import atomic_write_json
 
 __all__ = ["RunStore", "Run", "code_identity", "provenance", "config_hash", "DEFAULT_ROOT"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent.parent
 DEFAULT_ROOT = Path(os.environ.get("CLIPGUARD_RESULTS", REPO_ROOT / "results"))
-#: Modules that only present results; editing them must not invalidate stored runs.
-PRESENTATION_MODULES = {"plots.py", "notebooks.py", "book.py", "tables.py", "paper_values.py"}
-#: Modules that only consume stored runs (detectors score embeddings of trained models; they never train one).
-CONSUMER_MODULES = {"detect"}
+#: The modules every training run executes (the loop, the model, the data, the evaluations the run store reports).
+#: A run's key adds the modules its dataset, poisoner, objective and evaluators declare when they register.
+CORE_MODULES = ("clipguard.data", "clipguard.models", "clipguard.model_configs", "clipguard.losses",
+                "clipguard.train", "clipguard.evaluate", "clipguard.experiments", "clipguard.utils")
+#: Modules that only present results; never part of a run's key.
+PRESENTATION_MODULES = ("clipguard.book", "clipguard.plots", "clipguard.notebooks", "clipguard.paper_values",
+                        "clipguard.browser_check")
+#: Packages that only consume stored runs (detectors score embeddings; they key their own results).
+CONSUMER_MODULES = ("clipguard.detect",)
 _VERSIONED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "faiss-cpu", "nltk")
 
 
@@ -66,17 +78,71 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def code_identity(package_dir: Path = PACKAGE_DIR) -> str:
-    """Hash of the library's computational source files and model configs (presentation modules and the modules
-    that only consume runs are excluded, so restyling a plot or tuning a detector never retrains)."""
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=512)
+def _file_hash(path: Path, mtime_ns: int, size: int) -> str:
+    """Hash of a source file's meaning: the AST without docstrings (comments and layout never reach the AST);
+    other files (model configs) by their bytes."""
+    if path.suffix == ".py":
+        text = ast.dump(_without_docstrings(ast.parse(path.read_text(), str(path))), include_attributes=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_hash(path: Path) -> str:
+    stat = path.stat()
+    return _file_hash(path, stat.st_mtime_ns, stat.st_size)
+
+
+def module_files(module: str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """The files of ``clipguard.a.b``: ``a/b.py``, or every ``.py``/``.json`` below the folder ``a/b``."""
+    parts = module.split(".")
+    if parts[0] != "clipguard":  # a plug-in registered from outside the library: its own source file
+        import sys
+
+        source = getattr(sys.modules.get(module), "__file__", None)
+        if source is None:
+            raise ValueError(f"module {module!r} is not imported, so its code cannot be keyed")
+        return [Path(source)]
+    base = package_dir.joinpath(*parts[1:])
+    if base.with_suffix(".py").is_file():
+        return [base.with_suffix(".py")]
+    if base.is_dir():
+        return sorted(p for p in base.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts)
+    raise ValueError(f"no module {module!r} under {package_dir}")
+
+
+def _all_modules(package_dir: Path) -> list[str]:
+    """Every module and package of the library except the presentation modules and the consumers of runs."""
+    names = [f"clipguard.{p.stem}" for p in sorted(package_dir.iterdir())
+             if not p.name.startswith((".", "_")) and (p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__"))]
+    return [n for n in names if n not in PRESENTATION_MODULES + CONSUMER_MODULES]
+
+
+def code_identity(modules: Iterable[str] | Path | None = None, package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash of the code a result depends on: the named modules (``clipguard.x``; a package means all its files),
+    or every file under a folder (a ``Path``), or by default every non-presentation module. Each file counts by
+    :func:`source_hash`, so rewording a docstring or a comment keeps every key, and a module a run does not
+    execute is not part of its key."""
+    if isinstance(modules, Path):
+        files = sorted(p for p in modules.rglob("*.py") if "__pycache__" not in p.parts)
+        root = modules
+    else:
+        names = sorted(set(_all_modules(package_dir) if modules is None else modules))
+        files = sorted({f for name in names for f in module_files(name, package_dir)})
+        root = package_dir
     digest = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*")):
-        relative = path.relative_to(package_dir)
-        if Path(relative.parts[0]).stem in CONSUMER_MODULES:
-            continue
-        if path.suffix in (".py", ".json") and path.name not in PRESENTATION_MODULES and "__pycache__" not in path.parts:
-            digest.update(str(relative).encode())
-            digest.update(path.read_bytes())
+    for path in files:
+        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode())
+        digest.update(source_hash(path).encode())
     return digest.hexdigest()[:16]
 
 
@@ -112,7 +178,7 @@ def provenance() -> dict:
         "versions": _versions(),
         "python": platform.python_version(),
         "device": _device_name(),
-        "code_identity": code_identity(),
+        "code_identity": code_identity(CORE_MODULES),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -156,12 +222,6 @@ class Run:
         return self.path / name
 
 
-def _atomic_json(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 class RunStore:
     """Get-or-train store under ``root/profile``."""
 
@@ -170,12 +230,18 @@ class RunStore:
         self.root = Path(root) if root is not None else DEFAULT_ROOT
         self.dir = self.root / profile
 
-    def run_id(self, config: dict, data: dict[str, str] | None = None) -> str:
-        """Hash of config, data fingerprints, code identity and package versions."""
-        return config_hash({"config": config, "data": data or {}, "code": code_identity(), "versions": _versions()})
+    def run_id(self, config: dict, data: dict[str, str] | None = None, code: str | None = None,
+               environment: dict | None = None) -> str:
+        """Hash of config, data fingerprints, code identity (default: every computational module), package
+        versions and the ``environment`` that changes numbers (e.g. the device type: autocast runs on CUDA only)."""
+        key = {"config": config, "data": data or {}, "code": code or code_identity(), "versions": _versions()}
+        if environment:
+            key["environment"] = environment
+        return config_hash(key)
 
-    def find(self, config: dict, data: dict[str, str] | None = None) -> Run | None:
-        path = self.dir / self.run_id(config, data)
+    def find(self, config: dict, data: dict[str, str] | None = None, code: str | None = None,
+             environment: dict | None = None) -> Run | None:
+        path = self.dir / self.run_id(config, data, code, environment)
         return self._load(path) if (path / "provenance.json").exists() else None
 
     def _load(self, path: Path) -> Run:
@@ -194,14 +260,16 @@ class RunStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get_or_train(self, config: dict, train_fn: Callable[[Path], tuple[torch.nn.Module | None, dict]],
-                     data: dict[str, str] | None = None, force: bool = False) -> Run:
-        """Return the stored run for ``config`` (+ data fingerprints), or call ``train_fn(work_dir)`` to make it.
+                     data: dict[str, str] | None = None, force: bool = False, code: str | None = None,
+                     environment: dict | None = None) -> Run:
+        """Return the stored run for ``config`` (+ data fingerprints, + ``code``: the :func:`code_identity` of the
+        modules it runs), or call ``train_fn(work_dir)`` to make it.
 
         ``train_fn`` trains (resuming from ``work_dir/checkpoint.pt`` if present) and returns ``(model or None,
         metrics)``; metrics must be JSON-able. Extra files it writes into ``work_dir`` are kept with the run.
         """
         _canonical(config)  # fail before training on an unhashable or NaN config
-        run_id = self.run_id(config, data)
+        run_id = self.run_id(config, data, code, environment)
         final = self.dir / run_id
         with self._lock(run_id):
             if (final / "provenance.json").exists() and not force:
@@ -211,6 +279,7 @@ class RunStore:
             started = time.perf_counter()
             model, metrics = train_fn(work)
             record = provenance()
+            record["run_code_identity"] = code or code_identity()
             record["wall_seconds"] = time.perf_counter() - started
             if model is not None:
                 from safetensors.torch import save_file
@@ -218,18 +287,19 @@ class RunStore:
                 state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                 save_file(state, work / "model.safetensors")
             (work / "checkpoint.pt").unlink(missing_ok=True)  # resume state is not needed once complete
-            _atomic_json(work / "config.json", {"config": _canonical(config), "data": data or {}})
-            _atomic_json(work / "metrics.json", metrics)
-            _atomic_json(work / "provenance.json", record)  # written last: marks the run complete
+            atomic_write_json(work / "config.json", {"config": _canonical(config), "data": data or {},
+                                                     "environment": environment or {}})
+            atomic_write_json(work / "metrics.json", metrics)
+            atomic_write_json(work / "provenance.json", record)  # written last: marks the run complete
             if final.exists():
                 shutil.rmtree(final)
             os.replace(work, final)
             return self._load(final)
 
     def get_or_compute(self, config: dict, compute_fn: Callable[[Path], dict], data: dict[str, str] | None = None,
-                       force: bool = False) -> Run:
+                       force: bool = False, code: str | None = None) -> Run:
         """Like :meth:`get_or_train` for results without a model (detector scores, sweeps of evaluations)."""
-        return self.get_or_train(config, lambda work: (None, compute_fn(work)), data, force)
+        return self.get_or_train(config, lambda work: (None, compute_fn(work)), data, force, code)
 
     def runs(self) -> list[Run]:
         if not self.dir.exists():

@@ -66,7 +66,7 @@ def supervised_attack_run(spec: dict, store: RunStore | None = None, config: Sup
     """Train (or fetch) the supervised analogue of the CLIP experiment ``spec`` and return the stored run.
 
     The training set is the spec's poisoned training set (:func:`clipguard.experiments.prepare`); labels are the
-    class each caption names (:func:`clipguard.defenses.caption_categories`; rows naming no class are skipped), so
+    class each caption names (:func:`clipguard.data.caption_categories`; rows naming no class are skipped), so
     a backdoor poison is a dirty-label poison (triggered image labelled as the target) and a targeted poison is the
     target image labelled as its adversarial class. ``config`` defaults to the spec's optimisation
     (:func:`supervised_config_for`). Metrics: ``accuracy`` on the clean test images; for a backdoor,
@@ -76,7 +76,7 @@ def supervised_attack_run(spec: dict, store: RunStore | None = None, config: Sup
     """
     import time
 
-    from .defenses import caption_categories
+    from .data import caption_categories
 
     spec = copy.deepcopy(spec)
     store = store or RunStore(spec.get("profile", "cpu"))

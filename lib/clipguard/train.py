@@ -10,10 +10,8 @@ loop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from .data import ImageCaptionSet
 from .losses import clip_loss, gather_features
 from .models import CLIPModel
+from .utils import atomic_torch_save, atomic_write_text, derive_seed
 
 __all__ = ["TrainConfig", "Pass", "Context", "Objective", "ClipObjective", "train", "TrainResult", "cosine_lr",
            "parameter_groups", "make_optimizer", "atomic_torch_save"]
@@ -118,9 +117,7 @@ class Context:
 
     def generator(self, *purpose: object) -> torch.Generator:
         """A generator seeded by (seed, epoch, purpose): reproducible, and independent across purposes."""
-        text = "|".join(str(p) for p in (self.config.seed, self.epoch, *purpose))
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(derive_seed(self.config.seed, self.epoch, *purpose))
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         return self.data.float_images(indices).to(self.device, non_blocking=True)
@@ -148,6 +145,9 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
     def identity(self) -> dict: ...
+
+    # Optional: ``learning_rate(ctx, plan, default_lr) -> float`` replaces the loop's schedule (called every step,
+    # before the step; ``ctx.step`` counts steps taken so far), for objectives whose phases each need their own.
 
 
 class ClipObjective:
@@ -211,20 +211,6 @@ class TrainResult:
 EpochCallback = Callable[[Context, CLIPModel], dict]
 
 
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -276,6 +262,9 @@ def train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None =
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         objective.load_state_dict(state["objective"])
+        for callback, callback_state in zip(callbacks, state.get("callbacks", [])):
+            if hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(callback_state)
         history, start_epoch = state["history"], state["epoch"] + 1
         ctx.step, seconds, pairs_seen = state["step"], state["seconds"], state["pairs_seen"]
 
@@ -301,6 +290,8 @@ def train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None =
                 if config.shifted_schedule:
                     progress += steps_per_epoch
                 lr = base if plan.constant_lr else cosine_lr(progress, base, config.warmup_steps, total_steps)
+                if hasattr(objective, "learning_rate"):  # an objective with its own schedule (per phase)
+                    lr = objective.learning_rate(ctx, plan, lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -341,8 +332,9 @@ def train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None =
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "objective": objective.state_dict(), "history": history, "epoch": epoch,
+                               "callbacks": [c.state_dict() if hasattr(c, "state_dict") else {} for c in callbacks],
                                "step": ctx.step, "seconds": seconds, "pairs_seen": pairs_seen}, checkpoint_path)
-            _atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         if world > 1:
             dist.barrier()
     model.eval()

@@ -1,4 +1,4 @@
-"""Defences that change pre-training, as objectives for :func:`clipguard.train.train`.
+"""RoCLIP as an objective for :func:`clipguard.train.train`.
 
 RoCLIP (Yang, Gao, Mirzasoleiman, NeurIPS 2023; methods.md section 3): keep a FIFO pool of caption embeddings;
 every K-th epoch match each (augmented) image to its nearest pool caption and train on those pairs (Eq. 2), plain
@@ -20,17 +20,21 @@ also in the released code); a zero-weighted CLIP term keeps it in the graph for 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .losses import clip_loss, gather_features
-from .train import ClipObjective, Context, Pass
+from .. import scenarios
+from ..data import caption_categories
+from ..experiments import AugmentConfig, augment_modules, augmentation_hooks, register_objective
+from ..losses import clip_loss, gather_features
+from ..scenarios import SMALL_IMAGE_POLICY
+from ..train import ClipObjective, Context, Pass
+from ..utils import config_from_spec
 
-__all__ = ["CaptionPool", "RoCLIPConfig", "RoCLIPObjective", "roclip_loss", "nearest_in_pool", "caption_categories",
-           "augmentation_hooks", "roclip_spec", "augmented_clip_spec", "SMALL_IMAGE_POLICY"]
+__all__ = ["CaptionPool", "RoCLIPConfig", "RoCLIPObjective", "roclip_loss", "nearest_in_pool", "spec"]
 
 
 class CaptionPool:
@@ -93,18 +97,30 @@ def roclip_loss(image_features: torch.Tensor, matched_text: torch.Tensor, logit_
 
 
 @dataclass
-class RoCLIPConfig:
-    pool_size: int = 200                  # paper: 2% of the training set
+class RoCLIPConfig(AugmentConfig):
+    """RoCLIP's settings; an objective spec ``{"name": "roclip", ...}`` names any of these fields."""
+
+    pool_size: int | None = None          # entries; None: pool_fraction of the training set
+    pool_fraction: float = 0.02           # paper: 2% of the training set
     every: int = 3                        # K: RoCLIP epochs are those with epoch % K == 0 (1-based)
     pool_init: str = "captions"           # "captions" (paper) or "random" (released code: random unit vectors)
     refresh_in_clip_epochs: bool = True   # paper: after every mini-batch; released code: RoCLIP epochs only
     augment: bool = True                  # image + text augmentation in every epoch
+    image_policy: dict | None = field(default_factory=lambda: dict(SMALL_IMAGE_POLICY))
 
     def __post_init__(self) -> None:
         if self.pool_init not in ("captions", "random"):
             raise ValueError(f"pool_init must be 'captions' or 'random', got {self.pool_init!r}")
-        if self.every < 1 or self.pool_size < 1:
-            raise ValueError(f"need every >= 1 and pool_size >= 1, got {self.every}, {self.pool_size}")
+        if self.every < 1 or (self.pool_size is not None and self.pool_size < 1) or not 0 < self.pool_fraction <= 1:
+            raise ValueError(f"need every >= 1, pool_size >= 1 and 0 < pool_fraction <= 1, got {self.every}, "
+                             f"{self.pool_size}, {self.pool_fraction}")
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "RoCLIPConfig":
+        return config_from_spec(cls, spec, "objective 'roclip'")
+
+    def pool_entries(self, n_train: int) -> int:
+        return self.pool_size or max(1, round(self.pool_fraction * n_train))
 
 
 class RoCLIPObjective(ClipObjective):
@@ -126,12 +142,14 @@ class RoCLIPObjective(ClipObjective):
         self.poison_mask = poison_mask
         self.adversarial_category = adversarial_category
         self.pool: CaptionPool | None = None
+        self._pool_entries = config.pool_size or 1
         self._stats: dict[str, list[float]] = {}
 
     def is_roclip_epoch(self, epoch: int) -> bool:
         return epoch % self.config.every == 0
 
     def plan_epoch(self, ctx: Context) -> list[Pass]:
+        self._pool_entries = self.config.pool_entries(len(ctx.data))
         name = "roclip" if self.is_roclip_epoch(ctx.epoch) else "clip"
         self._stats = {"clean_same": [], "clean_n": [], "poison_adv": [], "poison_n": []}
         return [Pass(name, torch.arange(len(ctx.data)))]
@@ -143,12 +161,12 @@ class RoCLIPObjective(ClipObjective):
 
     @torch.no_grad()
     def _initialise_pool(self, ctx: Context, dim: int) -> None:
-        self.pool = CaptionPool(self.config.pool_size, dim)
+        self.pool = CaptionPool(self._pool_entries, dim)
         generator = ctx.generator("pool-init")
         if self.config.pool_init == "random":
-            self.pool.push(F.normalize(torch.randn(self.config.pool_size, dim, generator=generator), dim=1))
+            self.pool.push(F.normalize(torch.randn(self._pool_entries, dim, generator=generator), dim=1))
             return
-        rows = torch.randperm(len(ctx.data), generator=generator)[:self.config.pool_size]
+        rows = torch.randperm(len(ctx.data), generator=generator)[:self._pool_entries]
         was_training = ctx.model.training
         ctx.model.eval()
         for chunk in rows.split(512):
@@ -216,96 +234,31 @@ class RoCLIPObjective(ClipObjective):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Registration with clipguard.experiments: objective specs -> objectives
+# Registration: the objective spec, the book's defence entry
 # --------------------------------------------------------------------------------------------------------------
 
-def caption_categories(dataset) -> torch.Tensor:
-    """Category of every caption (-1 = none) by class-word match: Fashion-MNIST synonyms, else the class names."""
-    from .data import class_of_caption, class_synonyms
-
-    if not dataset.classnames:
-        return torch.full((len(dataset),), -1, dtype=torch.long)
-    synonyms = class_synonyms(dataset.classnames)
-    found = [class_of_caption(c, synonyms) for c in dataset.captions]
-    return torch.tensor([-1 if c is None else c for c in found], dtype=torch.long)
+def spec(**fields) -> dict:
+    """The ``roclip`` objective spec with every field written out (the paper's defaults and the book's image
+    policy), so chapters asking for the same configuration produce the same spec and share the stored run."""
+    return {"name": "roclip", **asdict(RoCLIPConfig.from_spec(fields))}
 
 
-def augmentation_hooks(spec: dict, seed: int) -> tuple[Callable | None, Callable | None]:
-    """Image and caption augmentation hooks from an objective spec: ``augment`` (bool), ``image_policy`` (dict of
-    :class:`clipguard.augment.ImagePolicy` fields), ``caption_resample`` (EDA per epoch, default True; False is the
-    released code's fixed-once caption)."""
-    if not spec.get("augment", False):
-        return None, None
-    from .augment import CaptionAugmenter, ImagePolicy
-
-    policy = spec.get("image_policy") or {}
-    policy = {k: tuple(v) if isinstance(v, list) else v for k, v in policy.items()}
-    return ImagePolicy(**policy), CaptionAugmenter(seed=seed, resample=spec.get("caption_resample", True))
-
-
-_OBJECTIVE_FIELDS = {
-    "clip": {"name", "augment", "image_policy", "caption_resample"},
-    "roclip": {"name", "augment", "image_policy", "caption_resample", "pool_size", "pool_fraction", "every",
-               "pool_init", "refresh_in_clip_epochs"},
-}
+@register_objective("roclip", uses=augment_modules)
+def _objective(objective_spec: dict, train_data, info: dict) -> RoCLIPObjective:
+    config = RoCLIPConfig.from_spec(objective_spec)
+    categories = caption_categories(train_data)
+    poison = info.get("is_poison")
+    adversarial = None
+    if poison is not None:
+        adversarial = torch.where(poison, categories, torch.full_like(categories, -1))
+    image_hook, text_hook = augmentation_hooks(config, info.get("seed", 0))
+    return RoCLIPObjective(config, image_hook, text_hook, categories=categories, poison_mask=poison,
+                           adversarial_category=adversarial)
 
 
-#: The book's image policy for 32 px images: milder crops and colour jitter than the 224 px reference. Measured on
-#: 5,000 Fashion-MNIST pairs, 4 epochs, zero-shot top-1: CLIP 67.1%; with the reference-strength policy (crop scale
-#: 0.5-1, jitter 0.5) and EDA 41.5%; with this policy and EDA 54.7%. A tiny model trained for a few epochs cannot
-#: absorb the reference strength (the papers train RN50 for 24-30 epochs).
-SMALL_IMAGE_POLICY = {"scale": [0.8, 1.0], "jitter_p": 0.5, "brightness": 0.3, "contrast": 0.3, "saturation": 0.3,
-                      "hue": 0.0}
-
-
-def roclip_spec(every: int = 3, pool_fraction: float = 0.02, **fields) -> dict:
-    """The ``roclip`` objective spec with the paper's defaults and the book's image policy written out, so chapters
-    asking for the same configuration produce the same spec (and share the stored run)."""
-    spec = {"name": "roclip", "every": every, "pool_fraction": pool_fraction, "image_policy": SMALL_IMAGE_POLICY,
-            **fields}
-    _check_fields(spec)
-    return spec
-
-
-def augmented_clip_spec(**fields) -> dict:
-    """Plain CLIP with RoCLIP's augmentation (the "Aug only" / "CLIP w/ Aug" rows of RoCLIP Tables 5 and 7)."""
-    spec = {"name": "clip", "augment": True, "image_policy": SMALL_IMAGE_POLICY, **fields}
-    _check_fields(spec)
-    return spec
-
-
-def _check_fields(spec: dict) -> None:
-    allowed = _OBJECTIVE_FIELDS[spec["name"]]
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)} for objective {spec['name']!r}; allowed: {sorted(allowed)}")
-
-
-def _register() -> None:
-    from . import experiments
-
-    @experiments.register_objective("clip")
-    def clip_objective(spec: dict, train_data, info: dict) -> ClipObjective:
-        _check_fields(spec)
-        return ClipObjective(*augmentation_hooks(spec, info.get("seed", 0)))
-
-    @experiments.register_objective("roclip")
-    def roclip_objective(spec: dict, train_data, info: dict) -> RoCLIPObjective:
-        _check_fields(spec)
-        spec = {"augment": True, **spec}
-        pool_size = spec.get("pool_size") or max(1, round(spec.get("pool_fraction", 0.02) * len(train_data)))
-        config = RoCLIPConfig(pool_size=pool_size, every=spec.get("every", 3),
-                              pool_init=spec.get("pool_init", "captions"),
-                              refresh_in_clip_epochs=spec.get("refresh_in_clip_epochs", True),
-                              augment=spec["augment"])
-        categories = caption_categories(train_data)
-        poison = info.get("is_poison")
-        adversarial = None
-        if poison is not None:
-            adversarial = torch.where(poison, categories, torch.full_like(categories, -1))
-        image_hook, text_hook = augmentation_hooks(spec, info.get("seed", 0))
-        return RoCLIPObjective(config, image_hook, text_hook, categories=categories, poison_mask=poison,
-                               adversarial_category=adversarial)
-
-
-_register()
+@scenarios.register_defence("roclip")
+def defend(attacked: dict, **fields) -> dict:
+    """RoCLIP in place of CLIP pre-training; ``every`` is capped at the run's epochs so that short runs still
+    have a matching epoch."""
+    every = min(fields.pop("every", RoCLIPConfig.every), attacked["train"]["epochs"])
+    return {**attacked, "objective": spec(every=every, **fields)}
