@@ -325,6 +325,27 @@ def test_targeted_poisoning(tiny_fashion, heldout):
         build_poisoned(tiny_fashion, spec, seed=0)
 
 
+def test_heldout_sharing_training_images_is_refused(tiny_fashion, heldout):
+    """Regression: a user-supplied held-out split was not checked against the training images."""
+    leaky = data.concatenate([heldout, tiny_fashion.subset([3, 70, 71, 300, 511]).with_captions(["x"] * 5)], "leaky")
+    targeted = {"kind": "targeted", "n_targets": 2, "per_target": 2}
+    for spec in (targeted, {**HTBA_SPEC, "source": "heldout", "count": 4}):
+        with pytest.raises(data.DataError, match="'leaky' shares 5 image"):
+            build_poisoned(tiny_fashion, spec, seed=0, heldout=leaky)
+    p = build_poisoned(tiny_fashion, targeted, seed=0, heldout=heldout)
+    with pytest.raises(data.DataError, match="shares 5 image"):
+        rebuild_from_manifest(tiny_fashion, p.manifest, heldout=leaky)
+    # through the experiment's poison section: a held-out split drawn from the training data itself
+    from clipguard import experiments
+
+    spec = experiments.clip_spec("smoke", poison=targeted)
+    spec["poison"]["heldout"] = spec["data"]
+    train = experiments.load_dataset(spec["data"])
+    shared = len(without_images_of(train, experiments.load_dataset(spec["test"])))  # all of them
+    with pytest.raises(data.DataError, match=f"shares {shared} image"):
+        experiments.prepare(spec)
+
+
 def test_targeted_similar_pairs_pick_partner_classes(tiny_fashion, heldout):
     pairs = [["shirt", "t-shirt"], ["sneaker", "ankle boot"]]
     spec = {"kind": "targeted", "n_targets": 6, "per_target": 2, "similar_pairs": pairs}

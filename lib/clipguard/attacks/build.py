@@ -137,6 +137,18 @@ def _draw(rng: np.random.Generator, pool: Sequence[int], n: int) -> list[int]:
     return [pool[i] for i in rng.integers(0, len(pool), size=n)]
 
 
+def _check_unseen(heldout: ImageCaptionSet | None, clean: ImageCaptionSet) -> None:
+    """Held-out images (targets, held-out poison sources) must not occur among the training images."""
+    if heldout is None:
+        return
+    seen = set(image_keys(clean))
+    shared = sum(key in seen for key in image_keys(heldout))
+    if shared:
+        raise DataError(f"the held-out set {heldout.name!r} shares {shared} image(s) with the training set "
+                        f"{clean.name!r}: targets and held-out poison sources must be unseen images "
+                        "(remove them with without_images_of(heldout, training_set))")
+
+
 def _need_captions(dataset: ImageCaptionSet) -> None:
     if dataset.captions is None:
         raise DataError(f"{dataset.name} has no captions: poisoning needs an image-caption set")
@@ -417,10 +429,12 @@ def build_poisoned(clean: ImageCaptionSet, spec: dict | BackdoorSpec | TargetedS
     """Poison ``clean`` as ``spec`` says, deterministically given ``seed``.
 
     ``heldout``: the split targets (targeted attacks) or held-out poison sources (``source="heldout"``) come from;
-    it must share no image with the training or evaluation data (:func:`without_images_of`). Inserted poisons are
-    appended after the clean rows in manifest order; replaced poisons keep their row."""
+    it must share no image with the training data (checked: a :class:`~clipguard.data.DataError` names the count)
+    nor with the evaluation data (:func:`without_images_of`). Inserted poisons are appended after the clean rows in
+    manifest order; replaced poisons keep their row."""
     parsed = poison_spec(spec)
     _need_captions(clean)
+    _check_unseen(heldout, clean)
     plan = _plan_backdoor if parsed.kind == "backdoor" else _plan_targeted
     rows, requested = plan(clean, parsed, seed, heldout)
     for i, row in enumerate(rows):
@@ -435,7 +449,9 @@ def rebuild_from_manifest(clean: ImageCaptionSet, manifest: pd.DataFrame | str |
     Sources are found by content key (pair, then image alone); on the same copy the result is identical to the
     original build (same content keys in the same order). On a partial copy, poisons whose source is missing are
     skipped: ``missing`` counts them and ``poison_rate`` is the effective rate. A recorded per-sample trigger state
-    that differs from the recomputed one raises (the trigger code changed)."""
+    that differs from the recomputed one raises (the trigger code changed). ``heldout`` is checked as in
+    :func:`build_poisoned`."""
+    _check_unseen(heldout, clean)
     frame = load_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
     missing = missing_columns(frame)
     if missing:
