@@ -367,3 +367,56 @@ def test_missing_wordnet_says_what_to_install(monkeypatch, tmp_path):
         A.load_wordnet()
     with pytest.raises(A.WordNetUnavailable, match="setup_wordnet.py"):
         A.install_wordnet(tmp_path / "dest", source=tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Regression pins: outputs under fixed seeds, recorded before the module was split into a package. Stored runs
+# depend on them, so a change here means results change. Float hashes depend on the torch build and the CPU's
+# vector kernels, so they are checked on the platform they were recorded on (elsewhere the known-answer tests
+# against torchvision cover the maths).
+# ---------------------------------------------------------------------------------------------------------------
+
+PIN_PLATFORM = ("2.14.1+cu130", "AVX512")
+SMALL_POLICY = dict(scale=(0.8, 1.0), jitter_p=0.5, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.0)
+PIN_CAPTIONS = CAPTIONS * 4
+PIN_ROWS = list(range(10, 10 + len(PIN_CAPTIONS)))
+
+
+def _digest(tensor):
+    import hashlib
+
+    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _text_digest(texts):
+    import hashlib
+
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+
+
+def _pinned_platform():
+    if (torch.__version__, torch.backends.cpu.get_cpu_capability()) != PIN_PLATFORM:
+        pytest.skip(f"pins recorded on torch {PIN_PLATFORM[0]} with {PIN_PLATFORM[1]} kernels")
+
+
+@pytest.mark.parametrize("name, make, expected", [
+    ("params", lambda: torch.cat([v.double().flatten() for _, v in sorted(
+        A.sample_image_params(16, 32, 32, A.ImagePolicy(), _gen(7)).items())]), "5e3633ac87ea874e"),
+    ("default", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy()), "55d25c557ff37f60"),
+    ("book policy", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(**SMALL_POLICY)), "8ef19774d47bbcd5"),
+    ("resized", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(size=24)), "07c89e8304b0a933"),
+    ("uint8", lambda: A.augment_images((_images() * 255).round().to(torch.uint8), _gen(1)), "84b01dc86a944736"),
+    ("torchvision engine", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(engine="torchvision")),
+     "3eeaae48ed93db38"),
+    ("autoaugment", lambda: A.autoaugment_images((_images() * 255).round().to(torch.uint8), _gen(1)),
+     "b8930c45908eafa1"),
+])
+def test_pinned_image_outputs(name, make, expected):
+    _pinned_platform()
+    assert _digest(make()) == expected, name
+
+
+@pytest.mark.parametrize("resample, expected", [(True, "225516cf0d0d9373"), (False, "e084fd5970b2be94")])
+def test_pinned_caption_outputs(wordnet, resample, expected):
+    augmenter = A.CaptionAugmenter(seed=3, resample=resample, eda=A.EDA(wordnet=wordnet))
+    assert _text_digest(augmenter(PIN_CAPTIONS, 2, PIN_ROWS)) == expected
