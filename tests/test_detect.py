@@ -94,6 +94,52 @@ def test_knn_unrefined_and_fp32_inputs_are_close():
     np.testing.assert_array_equal(fp32.indices, exact.indices)
 
 
+def _cdist_knn(x, k, exclude_self=True):
+    """Brute-force reference: float64 distances from coordinate differences (no GEMM expansion)."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    d = torch.cdist(t, t, compute_mode="donot_use_mm_for_euclid_dist")
+    if exclude_self:
+        d.fill_diagonal_(float("inf"))
+    return d.topk(k, largest=False).indices.numpy(), d.numpy()
+
+
+def _recall(found, truth):
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), truth.tolist())]))
+
+
+@pytest.mark.parametrize("offset", [100.0, 1000.0])
+def test_knn_exact_far_from_the_origin(offset):
+    """Regression: candidates picked in fp32 with ||q||² + ||r||² - 2 q·r missed true neighbours when the vectors
+    are long compared with their neighbour distances (recall@17 0.9996 at norm/r_k ≈ 11, 0.980 at ≈ 110 here)."""
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=64)
+    x = (rng.normal(size=(1500, 64)) + offset * direction / np.linalg.norm(direction)).astype(np.float32)
+    truth, d = _cdist_knn(x, 17)
+    assert np.linalg.norm(x, axis=1).mean() / np.sort(d, 1)[:, 16].mean() > offset / 10   # the hard regime
+    nb = knn(x, k=17, chunk_size=512, ref_chunk_size=512)
+    assert _recall(nb.indices, truth) == 1.0
+    np.testing.assert_allclose(nb.distances, np.take_along_axis(d, nb.indices, 1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("separation, dtype", [(1e4, np.float32), (1e9, np.float64)])
+def test_knn_certificate_falls_back_when_centring_is_not_enough(separation, dtype):
+    """Two tight clusters far apart: centred norms stay ~separation x the neighbour distance, fp32 (and at 1e9 even
+    fp64) candidates cannot be certified, and the fallback still returns the exact neighbours."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8))
+    x[:150, 0] += separation
+    x[150:, 0] -= separation
+    x = x.astype(dtype)
+    truth, _ = _cdist_knn(x, 5)
+    nb = knn(x, k=5)
+    assert nb.fallback_rows == len(x)
+    assert _recall(nb.indices, truth) == 1.0
+    # a separate reference set with exclusions takes the same fallback
+    ex = truth[:40, :1]
+    sub = knn(x[:40], x, k=4, exclude=np.c_[np.arange(40), ex[:, 0]])
+    assert _recall(sub.indices, truth[:40, 1:5]) == 1.0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_knn_cuda_matches_cpu():
     x = _data()
