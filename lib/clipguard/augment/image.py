@@ -1,0 +1,360 @@
+"""Image augmentation for RoCLIP / SafeCLIP / CleanCLIP (methods.md section 2).
+
+Image policy (RoCLIP's ``--cross_aug`` and SafeCLIP's views): horizontal flip -> random resized crop -> colour
+jitter (p = 0.8) -> grayscale (p = 0.2) -> Gaussian blur, on float images in [0, 1] (``[C,H,W]`` or ``[B,C,H,W]``).
+Two engines give the same distribution:
+
+* ``"batched"`` (default): every parameter is drawn from the caller's ``torch.Generator`` (global RNG untouched)
+  and flip, jitter, grayscale and blur run on the whole batch at once; only the resize of each crop is per image.
+  Each step reproduces the corresponding torchvision v2 kernel (``tests/test_augment_image.py`` checks this against
+  ``torchvision.transforms.v2.functional`` image by image).
+* ``"torchvision"``: the literal ``torchvision.transforms.v2`` pipeline applied image by image, its global-RNG draws
+  confined by :func:`torch.random.fork_rng` and seeded per image from the generator (slower: one Python call chain
+  per image).
+
+Scaling to small images (the reference pipeline is for 224 px):
+
+==============================  ==============================  ==============================================
+choice                          reference (224 px)              here (``ImagePolicy()``)
+==============================  ==============================  ==============================================
+crop scale                      (0.08, 1)                       (0.5, 1): a 0.08 crop of a 32 px image is a
+                                                                9 px patch, which destroys the object; the
+                                                                reference value is one argument away
+                                                                (``ImagePolicy.reference()``)
+blur kernel                     21 (~ 0.1 x side)               largest odd number <= 0.1 x side, at least 3
+blur sigma                      U(0.1, 2.0)                     U(0.1, 2.0) x side / 224
+==============================  ==============================  ==============================================
+
+CleanCLIP's augmented view: torchvision ``AutoAugment`` (ImageNet policy) on uint8, see :class:`AutoAugmentImages`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ImagePolicy", "augment_images", "sample_image_params", "apply_image_params", "AutoAugmentImages",
+           "autoaugment_images", "blur_kernel_size"]
+
+
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+
+def blur_kernel_size(side: int) -> int:
+    """Largest odd kernel <= 0.1 x side, at least 3 (224 px -> 21, the reference value; 32 px -> 3)."""
+    k = int(0.1 * side)
+    if k % 2 == 0:
+        k -= 1
+    return max(3, k)
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """RoCLIP / SafeCLIP image augmentation (methods.md 2.1) with sizes scaled to the image.
+
+    ``size``: output side (None: the input's side). ``scale``/``ratio``: RandomResizedCrop area and aspect ranges.
+    ``blur_kernel``/``blur_sigma``: None scales the reference (kernel 21, sigma U(0.1, 2.0) at 224 px) to the output
+    side. ``engine``: ``"batched"`` (fast) or ``"torchvision"`` (literal v2 transforms per image); same
+    distribution. Calling the policy, ``policy(images, generator)``, is :func:`augment_images` (the training
+    hook signature of :class:`clipguard.train.ClipObjective`)."""
+
+    size: int | None = None
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_kernel: int | None = None
+    blur_sigma: tuple[float, float] | None = None
+    engine: str = "batched"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("batched", "torchvision"):
+            raise ValueError(f"engine must be 'batched' or 'torchvision', got {self.engine!r}")
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+        if not (0 <= self.hue <= 0.5) or min(self.brightness, self.contrast, self.saturation) < 0:
+            raise ValueError("jitter strengths must be >= 0 and hue in [0, 0.5]")
+        if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
+            raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
+
+    @classmethod
+    def reference(cls, size: int | None = None, **overrides) -> "ImagePolicy":
+        """The released code's pipeline: crop scale (0.08, 1); kernel and sigma still scaled to the side (at
+        224 px: kernel 21, sigma U(0.1, 2.0), exactly the reference)."""
+        return cls(size=size, scale=(0.08, 1.0), **overrides)
+
+    def kernel_size(self, side: int) -> int:
+        return self.blur_kernel if self.blur_kernel is not None else blur_kernel_size(side)
+
+    def sigma_range(self, side: int) -> tuple[float, float]:
+        if self.blur_sigma is not None:
+            return tuple(self.blur_sigma)
+        return (0.1 * side / 224, 2.0 * side / 224)
+
+    def torchvision_transform(self, side: int):
+        """The pipeline as a ``torchvision.transforms.v2.Compose`` for output side ``side`` (uses the global RNG)."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([
+            v2.RandomHorizontalFlip(self.flip_p),
+            v2.RandomResizedCrop(side, scale=self.scale, ratio=self.ratio, antialias=True),
+            v2.RandomApply([v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue)],
+                           p=self.jitter_p),
+            v2.RandomGrayscale(self.grayscale_p),
+            v2.GaussianBlur(self.kernel_size(side), self.sigma_range(side)),
+        ])
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment_images(images, generator, self)
+
+
+def _as_float_batch(images: torch.Tensor) -> tuple[torch.Tensor, bool, bool]:
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images [C,H,W] or [B,C,H,W], got shape {tuple(images.shape)}")
+    single = images.ndim == 3
+    batch = images.unsqueeze(0) if single else images
+    was_uint8 = batch.dtype == torch.uint8
+    if was_uint8:
+        batch = batch.float().div_(255)
+    elif not batch.is_floating_point():
+        raise ValueError(f"expected float images in [0, 1] or uint8, got {images.dtype}")
+    return batch, single, was_uint8
+
+
+def _restore(batch: torch.Tensor, single: bool, was_uint8: bool) -> torch.Tensor:
+    if was_uint8:
+        batch = batch.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return batch[0] if single else batch
+
+
+def augment_images(images: torch.Tensor, generator: torch.Generator, policy: ImagePolicy | None = None
+                   ) -> torch.Tensor:
+    """Augment every image independently; reproducible given the generator's state; global RNG untouched.
+
+    images: float in [0, 1] (or uint8, returned as uint8), ``[C,H,W]`` or ``[B,C,H,W]``, on any device (parameters
+    are drawn on the CPU). Returns the same layout with side ``policy.size`` (default: unchanged)."""
+    policy = policy or ImagePolicy()
+    batch, single, was_uint8 = _as_float_batch(images)
+    if batch.shape[0] == 0:
+        return images
+    side = policy.size or batch.shape[-1]
+    if policy.engine == "torchvision":
+        out = _augment_torchvision(batch, generator, policy, side)
+    else:
+        params = sample_image_params(batch.shape[0], batch.shape[-2], batch.shape[-1], policy, generator, side)
+        out = apply_image_params(batch, params, policy)
+    return _restore(out, single, was_uint8)
+
+
+def _per_image_global_rng(images: torch.Tensor, generator: torch.Generator, fn: Callable) -> list:
+    """Apply ``fn`` image by image with the global CPU RNG seeded per image from ``generator``, then restored."""
+    seeds = torch.randint(0, 2**62, (images.shape[0],), generator=generator).tolist()
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        for image, seed in zip(images, seeds):
+            torch.default_generator.manual_seed(seed)
+            out.append(fn(image))
+    return out
+
+
+def _augment_torchvision(batch: torch.Tensor, generator: torch.Generator, policy: ImagePolicy, side: int
+                         ) -> torch.Tensor:
+    transform = policy.torchvision_transform(side)
+    return torch.stack(_per_image_global_rng(batch, generator, transform))
+
+
+def sample_image_params(n: int, height: int, width: int, policy: ImagePolicy, generator: torch.Generator,
+                        side: int | None = None) -> dict[str, torch.Tensor]:
+    """Draw every random parameter of ``n`` images (same distribution as torchvision's v2 transforms).
+
+    Keys: ``flip`` [n] bool; ``box`` [n, 4] (top, left, height, width); ``jitter`` [n] bool; ``factors`` [n, 4]
+    (brightness, contrast, saturation, hue); ``order`` [n, 4] permutation of the four jitter operations;
+    ``gray`` [n] bool; ``sigma`` [n]; ``side`` output side."""
+    side = side or width
+    g = generator
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    flip = torch.rand(n, generator=g) < policy.flip_p
+    # RandomResizedCrop.get_params: up to 10 tries of (area, log-aspect); first fit wins, else a centre crop.
+    tries = 10
+    area = height * width * uniform(policy.scale[0], policy.scale[1], n, tries)
+    aspect = torch.exp(uniform(math.log(policy.ratio[0]), math.log(policy.ratio[1]), n, tries))
+    w = torch.round(torch.sqrt(area * aspect))
+    h = torch.round(torch.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    w = w.gather(1, first).squeeze(1).long()
+    h = h.gather(1, first).squeeze(1).long()
+    fitted = fits.any(dim=1)
+    u_top, u_left = torch.rand(2, n, generator=g, dtype=torch.float64)
+    top = torch.floor(u_top * (height - h + 1)).long()
+    left = torch.floor(u_left * (width - w + 1)).long()
+    if not bool(fitted.all()):
+        in_ratio = width / height
+        if in_ratio < policy.ratio[0]:
+            fw, fh = width, int(round(width / policy.ratio[0]))
+        elif in_ratio > policy.ratio[1]:
+            fh, fw = height, int(round(height * policy.ratio[1]))
+        else:
+            fw, fh = width, height
+        w = torch.where(fitted, w, torch.full_like(w, fw))
+        h = torch.where(fitted, h, torch.full_like(h, fh))
+        top = torch.where(fitted, top, torch.full_like(top, (height - fh) // 2))
+        left = torch.where(fitted, left, torch.full_like(left, (width - fw) // 2))
+    box = torch.stack([top, left, h, w], dim=1)
+
+    jitter = torch.rand(n, generator=g) < policy.jitter_p
+    factors = torch.stack([
+        uniform(max(0.0, 1 - policy.brightness), 1 + policy.brightness, n),
+        uniform(max(0.0, 1 - policy.contrast), 1 + policy.contrast, n),
+        uniform(max(0.0, 1 - policy.saturation), 1 + policy.saturation, n),
+        uniform(-policy.hue, policy.hue, n),
+    ], dim=1).float()
+    order = torch.rand(n, 4, generator=g).argsort(dim=1)
+    gray = torch.rand(n, generator=g) < policy.grayscale_p
+    lo, hi = policy.sigma_range(side)
+    sigma = uniform(lo, hi, n).float()
+    return {"flip": flip, "box": box, "jitter": jitter, "factors": factors, "order": order, "gray": gray,
+            "sigma": sigma, "side": torch.tensor(side)}
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] -> [N,1,H,W] luma (torchvision weights); [N,1,H,W] unchanged."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(dim=1)
+    return (r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, y: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    ratio = ratio.view(-1, 1, 1, 1)
+    return (x * ratio + y * (1 - ratio)).clamp_(0, 1)
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return x if x.shape[1] == 1 else _blend(x, _gray(x), f)
+
+
+def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Shift hue by ``f`` (fraction of a turn, per image) in HSV space, as torchvision's adjust_hue."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(dim=1)
+    minc, v = torch.aminmax(x, dim=1)
+    c = v - minc
+    flat = c == 0
+    safe_c = torch.where(flat, torch.ones_like(c), c)
+    s = c / torch.where(flat, torch.ones_like(v), v)
+    # hue sector by the maximal channel, red first, then green (torchvision's tie order)
+    h = torch.where(v == r, ((g - b) / safe_c) % 6,
+                    torch.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
+    h = torch.where(flat, torch.zeros_like(h), h) / 6
+    h = (h + f.view(-1, 1, 1)) % 1.0
+    # back to RGB: channel n in (5, 3, 1) for (r, g, b): v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
+    h6 = h * 6
+    vs = v * s
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + h6) % 6
+        out.append(v - vs * torch.minimum(k, 4 - k).clamp(0, 1))
+    return torch.stack(out, dim=1).clamp_(0, 1)
+
+
+_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+
+
+def _gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma, reflect padding (torchvision's gaussian_blur)."""
+    half = (kernel - 1) / 2
+    offsets = torch.linspace(-half, half, kernel, device=x.device)
+    weights = torch.exp(-0.5 * (offsets / sigma.to(x.device).view(-1, 1)) ** 2)
+    weights = weights / weights.sum(dim=1, keepdim=True)  # [N, k]
+    pad = kernel // 2
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = sum(weights[:, j].view(-1, 1, 1, 1) * padded[..., j:j + height, :] for j in range(kernel))
+    return sum(weights[:, j].view(-1, 1, 1, 1) * rows[..., :, j:j + width] for j in range(kernel))
+
+
+def apply_image_params(batch: torch.Tensor, params: dict[str, torch.Tensor], policy: ImagePolicy) -> torch.Tensor:
+    """Apply drawn parameters to float images ``[B,C,H,W]`` in [0, 1] (batched except the crop resize)."""
+    device = batch.device
+    side = int(params["side"])
+    flip = params["flip"].to(device).view(-1, 1, 1, 1)
+    x = torch.where(flip, batch.flip(-1), batch)
+    # crop and resize image by image (boxes differ); F.interpolate is what TF.resized_crop calls on float tensors
+    x = torch.cat([F.interpolate(image[None, :, top:top + h, left:left + w], size=(side, side), mode="bilinear",
+                                 align_corners=False, antialias=True)
+                   for image, (top, left, h, w) in zip(x, params["box"].tolist())])
+    jitter = params["jitter"]
+    if bool(jitter.any()):
+        factors = params["factors"].to(device)
+        order = params["order"]
+        for position in range(4):
+            for op_index, op in enumerate(_JITTER_OPS):
+                rows = (jitter & (order[:, position] == op_index)).nonzero().squeeze(1)
+                if len(rows):
+                    rows = rows.to(device)
+                    x[rows] = op(x[rows], factors[rows, op_index])
+    gray = params["gray"].to(device)
+    if bool(gray.any()) and x.shape[1] == 3:
+        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+    return _gaussian_blur(x, policy.kernel_size(side), params["sigma"])
+
+
+@dataclass(frozen=True)
+class AutoAugmentImages:
+    """CleanCLIP's augmented view: torchvision ``AutoAugment`` with a named policy (``imagenet``, ``cifar10``,
+    ``svhn``) on uint8 images; a fresh draw per image. Call as ``aug(images, generator)``."""
+
+    policy: str = "imagenet"
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return autoaugment_images(images, generator, self.policy)
+
+
+def autoaugment_images(images: torch.Tensor, generator: torch.Generator, policy: str = "imagenet") -> torch.Tensor:
+    """AutoAugment every image independently (float [0,1] images are quantised to uint8 and back, as a PIL
+    pipeline would). Reproducible given the generator; global RNG untouched."""
+    from torchvision.transforms import v2
+
+    policies = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10,
+                "svhn": v2.AutoAugmentPolicy.SVHN}
+    if policy not in policies:
+        raise ValueError(f"unknown AutoAugment policy {policy!r}; choose one of {sorted(policies)}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images [C,H,W] or [B,C,H,W], got shape {tuple(images.shape)}")
+    single = images.ndim == 3
+    batch = images.unsqueeze(0) if single else images
+    if batch.shape[0] == 0:
+        return images
+    was_float = batch.is_floating_point()
+    if was_float:
+        batch = batch.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    transform = v2.AutoAugment(policies[policy])
+    out = torch.stack(_per_image_global_rng(batch, generator, transform))
+    if was_float:
+        out = out.float().div_(255)
+    return out[0] if single else out
+
