@@ -9,6 +9,7 @@ objectives) with the ``register_*`` decorators.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from . import data as data_lib
+from . import progress as progress_log
 from .evaluate import (PerSampleTracker, ZeroShotEval, class_retrieval_precision, image_embeddings, linear_probe_sklearn, linear_probe_torch, retrieval_recall,
                        text_embeddings, zero_shot_accuracy)
 from .models import CLIPModel, build_model
@@ -354,11 +356,9 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     from the parent's weights; its key holds the parent's run id in place of the parent spec."""
     spec = copy.deepcopy(spec)
     store = store or RunStore(spec.get("profile", "cpu"))
-    key = spec
-    parent = None
-    if spec.get("init"):
-        parent = run(spec["init"], store, progress=progress)
-        key = {**spec, "init": {"run": parent.id}}
+    started = time.perf_counter()
+    show = progress and not progress_log.under_runner()
+    parent = run(spec["init"], store, progress=progress) if spec.get("init") else None
     prepared = Prepared(spec)
     load_plugins()
     for entry in spec.get("evaluate", []):
@@ -369,7 +369,7 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     def train_fn(work: Path):
         model = parent.load_model().train() if parent is not None else build_model(spec["model"],
                                                                                     seed=spec.get("model_seed", 0))
-        config = TrainConfig(**spec["train"], progress=progress)
+        config = TrainConfig(**spec["train"], progress=show)
         objective = make_objective(spec, prepared)
         callbacks = [ZeroShotEval(prepared.test)]
         tracker = None
@@ -396,8 +396,25 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
             saver(work)
         return model, metrics
 
-    return store.get_or_train(key, train_fn, data=prepared.fingerprints(), force=force,
-                              code=code_key(spec), environment=_backend(spec))
+    result = store.get_or_train(train_fn=train_fn, force=force, **_key(spec, prepared, parent))
+    seconds = time.perf_counter() - started
+    progress_log.report_run(describe(spec), "trained" if result.trained_since(seconds) else "reused", seconds)
+    return result
+
+
+def describe(spec: dict) -> str:
+    """A short human label of a spec: objective, attack, seed (and the parent's, for a fine-tuning spec)."""
+    poison = spec.get("poison") or {}
+    attack = poison.get("kind", "clean")
+    if attack == "backdoor":
+        attack = f"backdoor {(poison.get('trigger') or {}).get('name', '')}".strip()
+    label = f"{(spec.get('objective') or {}).get('name', 'clip')}, {attack}, seed {spec.get('model_seed', 0)}"
+    return f"{label} <- {describe(spec['init'])}" if spec.get("init") else label
+
+
+def _key(spec: dict, prepared: Prepared, parent: Run | None) -> dict:
+    config = {**spec, "init": {"run": parent.id}} if parent is not None else spec
+    return {"config": config, "data": prepared.fingerprints(), "code": code_key(spec), "environment": _backend(spec)}
 
 
 def runs_over_seeds(profile: str, seeds: int | None = None, **overrides) -> list[Run]:

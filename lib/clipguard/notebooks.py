@@ -18,8 +18,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
+
+from . import progress
+from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
            "run_all", "build_book"]
@@ -66,50 +71,180 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
         raise NotebookError(f"unknown profile {profile!r}; choose one of {PROFILES}")
 
 
-def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = None) -> float:
-    """Execute one notebook with papermill into ``output`` (atomically); returns seconds taken."""
+def _defaults(notebook: Path) -> dict:
+    import papermill
+
+    return {name: info["default"] for name, info in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def finish_page(nb: dict, parameters: dict, defaults: dict, name: str) -> list[str]:
+    """Make an executed notebook read as a page: its title first, a banner stating the profile and every
+    non-default parameter, the parameter cells collapsed, and no stderr residue (progress bars, warnings); the
+    removed stderr text is returned for the terminal."""
+    cells = nb["cells"]
+    title = next((c for c in cells if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")),
+                 None)
+    if title is not None:
+        cells.remove(title)
+        cells.insert(0, title)
+    removed = []
+    for cell in cells:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if ("parameters" in tags or "injected-parameters" in tags) and "hide-cell" not in tags:
+            tags.append("hide-cell")
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                removed.append("".join(output.get("text", "")))
+            else:
+                kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    changed = {k: v for k, v in parameters.items() if k != "profile" and defaults.get(k, object()) != repr(v)
+               and defaults.get(k) != json.dumps(v)}
+    banner = f"Executed at profile `{parameters.get('profile', defaults.get('profile'))}`"
+    if changed:
+        banner += " with " + ", ".join(f"`{k} = {v!r}`" for k, v in sorted(changed.items()))
+    banner += f" (rerun: `python -m clipguard.notebooks run --profile {parameters.get('profile', 'cpu')} --only {name}`)."
+    nb.setdefault("metadata", {})["clipguard"] = {"profile": parameters.get("profile"), "parameters": parameters}
+    cells.insert(1 if title is not None else 0,
+                 {"cell_type": "markdown", "id": "clipguard-banner", "metadata": {"tags": ["clipguard-banner"]},
+                  "source": [banner]})
+    return removed
+
+
+class _ProgressTail:
+    """Prints what the kernel reports through :mod:`clipguard.progress` while a notebook runs."""
+
+    def __init__(self, path: Path, label: str):
+        self.path, self.label = path, label
+        self.counts = {"trained": 0, "reused": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._started = time.perf_counter()
+
+    def __enter__(self):
+        self.path.write_text("")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _follow(self) -> None:
+        position = 0
+        while True:
+            stopping = self._stop.is_set()
+            with open(self.path) as handle:
+                handle.seek(position)
+                lines = handle.readlines()
+                position = handle.tell()
+            for line in lines:
+                self._print(json.loads(line))
+            if stopping:
+                return
+            self._stop.wait(1.0)
+
+    def _print(self, record: dict) -> None:
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        where = f"{record['group']} {record['step']}/{record['total']}: " if record.get("step") else ""
+        elapsed = time.perf_counter() - self._started
+        print(f"    {where}{record['what']} — {record['status']} in {record['seconds']:.0f} s "
+              f"(notebook elapsed {elapsed / 60:.1f} min)", flush=True)
+
+
+def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = None) -> dict:
+    """Execute one notebook with papermill into ``output`` (atomically) and finish it as a page (:func:`finish_page`);
+    returns seconds taken and the runs trained and reused."""
+    import nbformat
     import papermill
 
     check_parameters(notebook, parameters)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running.ipynb")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    log = output.with_name(f".{output.stem}.progress.jsonl")
+    os.environ[progress.LOG_VARIABLE] = str(log)
     started = time.perf_counter()
     try:
-        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL_NAME,
-                                   cwd=str(cwd or notebook.parent), progress_bar=False)
+        with _ProgressTail(log, notebook.stem) as tail, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without encryption.*")
+            papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL_NAME,
+                                       cwd=str(cwd or notebook.parent), progress_bar=False,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except Exception:
         if tmp.exists():
             os.replace(tmp, output.with_name(f"{output.stem}.failed.ipynb"))
         raise
-    os.replace(tmp, output)
+    finally:
+        os.environ.pop(progress.LOG_VARIABLE, None)
+    nb = json.loads(tmp.read_text())
+    removed = finish_page(nb, parameters, _defaults(notebook), notebook.stem)
+    nbformat.validate(nbformat.from_dict(nb))
+    atomic_write_text(output, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    tmp.unlink(missing_ok=True)
     output.with_name(f"{output.stem}.failed.ipynb").unlink(missing_ok=True)
-    return time.perf_counter() - started
+    if removed:
+        first = next((line for text in removed for line in text.splitlines() if line.strip()), "")
+        print(f"    removed {len(removed)} stderr output(s) from the page (first: {first[:100]!r})", flush=True)
+    return {"seconds": round(time.perf_counter() - started, 1), **tail.counts}
 
 
 def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | None = None,
             extra: dict | None = None, root: Path = NOTEBOOK_DIR) -> dict[str, float]:
     """Execute every source notebook at ``profile`` into ``out_dir`` mirroring ``notebooks/``; stop at the first
-    failure (non-zero exit from the CLI)."""
+    failure (non-zero exit from the CLI). Prints each run as it is trained or reused, and a table at the end."""
     notebooks = discover(root, only)
     if not notebooks:
         raise NotebookError(f"no notebooks under {root}" + (f" matching {only!r}" if only else ""))
-    timings: dict[str, float] = {}
+    results: dict[str, dict] = {}
     for i, notebook in enumerate(notebooks, 1):
         relative = notebook.relative_to(root)
         print(f"[{i}/{len(notebooks)}] {relative} (profile={profile}) ...", flush=True)
-        seconds = execute(notebook, out_dir / relative, {"profile": profile, **(extra or {})})
-        timings[str(relative)] = round(seconds, 1)
-        print(f"    done in {seconds:.1f} s", flush=True)
+        results[str(relative)] = execute(notebook, out_dir / relative, {"profile": profile, **(extra or {})})
+        print(f"    done in {results[str(relative)]['seconds']:.1f} s", flush=True)
+    timings = {name: r["seconds"] for name, r in results.items()}
     summary = out_dir / f"timings-{profile}.json"
-    summary.write_text(json.dumps({"profile": profile, "seconds": timings, "total": round(sum(timings.values()), 1)},
-                                  indent=2))
+    atomic_write_text(summary, json.dumps({"profile": profile, "seconds": timings, "notebooks": results,
+                                           "total": round(sum(timings.values()), 1)}, indent=2))
+    print(summary_table(results))
     print(f"executed {len(timings)} notebooks in {sum(timings.values()):.0f} s (profile={profile})")
     return timings
 
 
+def summary_table(results: dict[str, dict]) -> str:
+    """Seconds, runs trained and runs reused per notebook, as a plain-text table."""
+    width = max([len(n) for n in results] + [8])
+    lines = [f"{'notebook':<{width}}  {'seconds':>8}  {'trained':>7}  {'reused':>6}"]
+    for name, r in results.items():
+        lines.append(f"{name:<{width}}  {r['seconds']:>8.1f}  {r.get('trained', 0):>7}  {r.get('reused', 0):>6}")
+    total = sum(r["seconds"] for r in results.values())
+    lines.append(f"{'total':<{width}}  {total:>8.1f}  {sum(r.get('trained', 0) for r in results.values()):>7}  "
+                 f"{sum(r.get('reused', 0) for r in results.values()):>6}")
+    return "\n".join(lines)
+
+
+def page_profiles(book_dir: Path = BOOK_DIR) -> dict[str, str]:
+    """The profile each executed page was run at (from the runner's metadata)."""
+    found = {}
+    for executed in sorted((book_dir / "executed").rglob("*.ipynb")):
+        if executed.name.endswith(".failed.ipynb") or executed.name.startswith("."):
+            continue
+        meta = json.loads(executed.read_text()).get("metadata", {})
+        profile = (meta.get("clipguard") or {}).get("profile") or (meta.get("papermill", {}).get("parameters")
+                                                                  or {}).get("profile")
+        found[str(executed.relative_to(book_dir / "executed"))] = profile or "unknown"
+    return found
+
+
 def build_book(book_dir: Path = BOOK_DIR) -> None:
     """jupyter-book 1.x build, execution off, warnings as errors; fails on any notebook error output."""
+    profiles = page_profiles(book_dir)
+    if len(set(profiles.values())) > 1:
+        print("warning: the book mixes pages executed at different profiles: " +
+              ", ".join(f"{page} ({profile})" for page, profile in profiles.items()), file=sys.stderr, flush=True)
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb), "build", str(book_dir), "-W", "-n", "--keep-going"]
     print(" ".join(command), flush=True)

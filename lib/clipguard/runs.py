@@ -48,7 +48,7 @@ DEFAULT_ROOT = Path(os.environ.get("CLIPGUARD_RESULTS", REPO_ROOT / "results"))
 CORE_MODULES = ("clipguard.data", "clipguard.models", "clipguard.model_configs", "clipguard.losses",
                 "clipguard.train", "clipguard.evaluate", "clipguard.experiments", "clipguard.utils")
 #: Modules that only present results; never part of a run's key.
-PRESENTATION_MODULES = ("clipguard.book", "clipguard.plots", "clipguard.notebooks", "clipguard.paper_values",
+PRESENTATION_MODULES = ("clipguard.book", "clipguard.notebooks",
                         "clipguard.browser_check")
 #: Packages that only consume stored runs (detectors score embeddings; they key their own results).
 CONSUMER_MODULES = ("clipguard.detect",)
@@ -220,6 +220,11 @@ class Run:
 
     def artifact(self, name: str) -> Path:
         return self.path / name
+
+    def trained_since(self, seconds: float) -> bool:
+        """Whether this run was stored within the last ``seconds`` (i.e. trained now rather than reused)."""
+        created = datetime.fromisoformat(self.provenance["created"])
+        return (datetime.now(timezone.utc) - created).total_seconds() <= seconds + 1
 
 
 class RunStore:

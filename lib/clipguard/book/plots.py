@@ -11,7 +11,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-__all__ = ["setup_style", "image_grid", "training_curves", "retrieval_grid", "paper_vs_ours"]
+__all__ = ["setup_style", "image_grid", "training_curves", "retrieval_grid", "seed_strip", "cosine_densities",
+           "asr_vs_utility"]
 
 
 def setup_style() -> None:
@@ -92,7 +93,52 @@ def retrieval_grid(queries: Sequence[str], images: torch.Tensor, similarity: tor
     return fig
 
 
-def paper_vs_ours(rows: list[dict], columns: Sequence[str] = ("paper", "ours")) -> pd.DataFrame:
-    """A table with the paper's value beside ours (rows: dicts with a ``what`` key and one key per column)."""
-    frame = pd.DataFrame(rows).set_index("what")
-    return frame[[c for c in frame.columns if c in columns] + [c for c in frame.columns if c not in columns]]
+def seed_strip(frame: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None = None,
+               ylabel: str | None = None, percent: bool = True) -> plt.Axes:
+    """One dot per seed, a bar at the mean: how much a result moves between seeds."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4))
+    sns.stripplot(data=frame, x=x, y=y, hue=hue, dodge=True, size=7, ax=ax, jitter=0.1)
+    sns.pointplot(data=frame, x=x, y=y, hue=hue, dodge=0.4, linestyle="none", markers="_", markersize=20,
+                  errorbar=None, ax=ax, legend=False)
+    ax.set_ylabel(ylabel or y.replace("_", " "))
+    if percent:
+        ax.set_ylim(-0.05, 1.05)
+        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_title("each dot is one seed")
+    return ax
+
+
+def cosine_densities(pairs: pd.DataFrame, rows: str, columns: str, value: str = "cosine", group: str = "pair",
+                     order=("clean", "poisoned"), size: tuple[float, float] = (3.2, 2.7)) -> plt.Figure:
+    """Densities of image–caption cosines per ``group`` (clean vs poisoned, each normalised on its own), one panel
+    per (row value, column value), e.g. attack × epoch or model × epoch."""
+    row_values, col_values = list(dict.fromkeys(pairs[rows])), list(dict.fromkeys(pairs[columns]))
+    fig, axes = plt.subplots(len(row_values), len(col_values), figsize=(size[0] * len(col_values),
+                             size[1] * len(row_values)), sharex=True, squeeze=False)
+    for r, row_value in enumerate(row_values):
+        for c, col_value in enumerate(col_values):
+            ax = axes[r, c]
+            part = pairs[(pairs[rows] == row_value) & (pairs[columns] == col_value)]
+            sns.kdeplot(data=part, x=value, hue=group, hue_order=list(order), common_norm=False, fill=True, ax=ax,
+                        legend=(r == 0 and c == 0), warn_singular=False)
+            ax.set_title(f"{row_value}, {columns} {col_value}")
+            ax.set_xlabel("image–caption cosine")
+            if c:
+                ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def asr_vs_utility(frame: pd.DataFrame, hue: str, style: str | None = None, utility: str = "zeroshot",
+                   asr: str = "asr", ax: plt.Axes | None = None) -> plt.Axes:
+    """Each run as a point: attack success against clean utility; the good corner is bottom right."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.6, 4))
+    sns.scatterplot(data=frame, x=utility, y=asr, hue=hue, style=style, s=60, ax=ax)
+    ax.set_xlabel({"zeroshot": "clean zero-shot top-1", "linear_probe": "linear probe"}.get(utility, utility))
+    ax.set_ylabel("attack success rate")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_ylim(-0.05, 1.05)
+    return ax

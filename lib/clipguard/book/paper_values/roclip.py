@@ -1,12 +1,12 @@
-"""The papers' published numbers, as data, for the "paper" columns beside ours.
+"""RoCLIP's published numbers (Yang, Gao, Mirzasoleiman, NeurIPS 2023), as data, for the "paper" columns.
 
-Sources: ``../shared/reference/figures-and-tables.md`` (RoCLIP's full text; tags there say which cells are from the
-paper text). Values are percentages as printed. Nothing here is computed; it never enters a run's identity.
+Source: the paper's full text (figures-and-tables.md section A of the project reference). Values are percentages as
+printed. Nothing here is computed; it never enters a run's identity.
 """
 
 from __future__ import annotations
 
-__all__ = ["ROCLIP", "ROCLIP_SETTING", "ROCLIP_ABLATION_SETTING"]
+__all__ = ["ROCLIP", "ROCLIP_SETTING", "ROCLIP_ABLATION_SETTING", "SETTING", "ABLATION_SETTING"]
 
 ROCLIP_SETTING = "RN50 on a 1M CC3M subset, batch 512, 24 epochs, pool 2%, K = 3"
 ROCLIP_ABLATION_SETTING = "RN50 on a 100K CC3M subset, batch 256, 30 epochs, 15 targeted / 90 backdoored pairs"
@@ -44,3 +44,5 @@ ROCLIP = {
                "C10 LP": [67.1, 60.1, 72.9, 62.1], "C100 LP": [39.6, 36.5, 48.4, 37.4],
                "PSR": [0.0, 0.0, 12.5, 75.0], "BSR": [0.0, 0.67, 0.33, 42.3]},
 }
+
+SETTING, ABLATION_SETTING = ROCLIP_SETTING, ROCLIP_ABLATION_SETTING
