@@ -561,12 +561,29 @@ def load_csv_pairs(csv_path: str | Path, image_size: int = 32, image_root: str |
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
+def decode_webdataset_sample(parts: dict[str, bytes], image_size: int, where: str) -> tuple[torch.Tensor, str]:
+    """One webdataset sample (member extension -> bytes) to a uint8 ``[3, S, S]`` image and its caption; a missing
+    image or caption, an empty caption or undecodable image bytes raise a :class:`DataError` starting with
+    ``where`` (the shard and sample key). Shared by :func:`load_webdataset` and the streaming reader
+    (:mod:`clipguard.shards`), so both give the same pixels and content keys."""
+    image_bytes = next((parts[e[1:]] for e in _IMAGE_EXTENSIONS if e[1:] in parts), None)
+    if image_bytes is None:
+        raise DataError(f"{where}: no image member")
+    if "txt" not in parts:
+        raise DataError(f"{where}: no caption (.txt) member")
+    caption = parts["txt"].decode("utf-8", errors="replace").strip()
+    if not caption:
+        raise DataError(f"{where}: empty caption")
+    return _decode_image(image_bytes, image_size, where), caption
+
+
 def load_webdataset(shards: str | Path | Iterable[str | Path], image_size: int = 32, on_error: str = "raise",
                     report: LoadReport | None = None, limit: int | None = None) -> ImageCaptionSet:
     """Tar shards as written by img2dataset (CC3M): members ``KEY.jpg`` + ``KEY.txt`` (+ ``KEY.json``).
 
     Read with the standard ``tarfile`` module rather than the ``webdataset`` pipeline because we need the whole
-    (small) set in memory and errors that name the shard and sample key.
+    (small) set in memory and errors that name the shard and sample key. Sets too large for memory stream from
+    their shards instead: :class:`clipguard.shards.ShardStream`.
     """
     _check_on_error(on_error)
     report = report if report is not None else LoadReport()
@@ -591,17 +608,8 @@ def load_webdataset(shards: str | Path | Iterable[str | Path], image_size: int =
                 key, _, ext = member.name.rpartition(".")
                 samples.setdefault(key, {})[ext.lower()] = archive.extractfile(member).read()
         for key in sorted(samples):
-            parts, where = samples[key], f"{shard}, sample {key}"
             try:
-                image_bytes = next((parts[e[1:]] for e in _IMAGE_EXTENSIONS if e[1:] in parts), None)
-                if image_bytes is None:
-                    raise DataError(f"{where}: no image member")
-                if "txt" not in parts:
-                    raise DataError(f"{where}: no caption (.txt) member")
-                caption = parts["txt"].decode("utf-8", errors="replace").strip()
-                if not caption:
-                    raise DataError(f"{where}: empty caption")
-                image = _decode_image(image_bytes, image_size, where)
+                image, caption = decode_webdataset_sample(samples[key], image_size, f"{shard}, sample {key}")
             except DataError as error:
                 _handle(error, on_error, report)
                 continue
