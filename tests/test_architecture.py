@@ -141,3 +141,13 @@ def test_finetuned_run_is_evaluated_against_the_parents_attack(store):
     assert "backdoor_asr" in run.metrics and run.metrics["n_train"] == 128
     with pytest.raises(ValueError, match="unknown spec key"):
         experiments.finetune_spec(parent, no_such_key=1)
+
+
+def test_every_profile_leaves_held_out_test_images():
+    from clipguard import profiles
+
+    for profile in profiles.PROFILES.values():
+        if profile.dataset == "fashion-mnist":
+            assert profile.n_test < 10000 and profile.n_train < 60000, profile.name
+    with pytest.raises(ValueError, match="held-out"):
+        profiles.Profile("x", "fashion-mnist", 100, 10000, 10, 1, 8, 1e-3, 1, "clipguard-tiny", 32, 1)

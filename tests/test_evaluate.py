@@ -97,3 +97,10 @@ def test_class_retrieval_precision_hand_computed():
     result = evaluate.class_retrieval_precision(images, texts, labels, ks=(1,))
     # caption0 -> image0 or 1 (A, correct); caption1 -> image2 (B != A); caption2 -> image2 (B, ok); caption3 -> 3
     assert result["class_precision@1"] == pytest.approx(3 / 4)
+
+
+def test_retrieval_ties_count_against_the_true_partner():
+    collapsed = torch.ones(5, 3) / 3 ** 0.5  # every embedding identical: nothing is retrieved
+    result = evaluate.retrieval_recall(collapsed, collapsed, ks=(1, 5))
+    assert result["image_to_text_R@1"] == 0.0 and result["text_to_image_R@1"] == 0.0
+    assert result["image_to_text_R@5"] == 1.0  # all five tie: the partner is within the top five

@@ -88,3 +88,25 @@ def test_model_rejects_wrong_image_size():
     model = models.build_model("clipguard-tiny")
     with pytest.raises(ValueError, match="32px"):
         model.encode_image(torch.rand(2, 3, 28, 28))
+
+
+def test_per_pair_tracker_survives_a_resume(tmp_path):
+    """The tracker's records are in the checkpoint: after a resume per_sample.npz holds every epoch, numbered."""
+    import numpy as np
+
+    from clipguard.evaluate import PerSampleTracker
+
+    dataset = _small()
+    straight = PerSampleTracker(dataset)
+    train(models.build_model("clipguard-tiny", seed=2), dataset, config=_config(), callbacks=[straight])
+    first = PerSampleTracker(dataset)
+    train(models.build_model("clipguard-tiny", seed=2), dataset, config=_config(), run_dir=tmp_path,
+          callbacks=[first], stop_after_epoch=1)
+    resumed = PerSampleTracker(dataset)  # a new process: empty until the checkpoint restores it
+    train(models.build_model("clipguard-tiny", seed=2), dataset, config=_config(), run_dir=tmp_path,
+          callbacks=[resumed])
+    resumed.save(tmp_path / "per_sample.npz")
+    with np.load(tmp_path / "per_sample.npz") as saved:
+        assert saved["epochs"].tolist() == [1, 2]
+        for row, epoch in enumerate((1, 2)):
+            assert np.array_equal(saved["loss"][row], straight.records[epoch][1].numpy())
