@@ -12,7 +12,8 @@ The ``info`` they return holds ``is_poison``, ``count``, ``rate`` (effective), `
 
 Evaluators: ``targeted_asr`` (top-1/top-5 over the evaluation classes) and ``backdoor_asr`` (options:
 ``placement`` for the test-time placement, ``seed`` for random triggers; default: the training placement and the
-model seed; triggered test images are converted to 8 bits with the spec's ``overflow``, as the poisons were). Both return nothing for a run of the other attack kind or without poisons.
+model seed; triggered test images are converted to 8 bits with the spec's ``overflow``, as the poisons were).
+Both return nothing for a run of the other attack kind or without poisons.
 """
 
 from __future__ import annotations

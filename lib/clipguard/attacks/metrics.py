@@ -30,7 +30,8 @@ from .build import PoisonedSet, TargetSet
 from .triggers import Trigger, make_trigger, to_uint8
 
 __all__ = ["ASR", "targeted_success", "backdoor_success", "cleanclip_release_asr", "targeted_asr", "backdoor_asr",
-           "multi_target_backdoor_asr", "triggered_test_images", "mean_interval", "BACKDOOR_ASR_DEFINITION", "TARGETED_ASR_DEFINITION"]
+           "multi_target_backdoor_asr", "triggered_test_images", "mean_interval", "BACKDOOR_ASR_DEFINITION",
+           "TARGETED_ASR_DEFINITION"]
 
 TARGETED_ASR_DEFINITION = ("targeted ASR (evaluation.md 4.1): fraction of targets whose clean image is classified "
                            "zero-shot as its adversarial class within the top k")
@@ -167,9 +168,10 @@ def backdoor_asr(model, test_set: ImageCaptionSet, trigger: Trigger | dict, targ
     for a test-time placement, attacks.md Section 7; random triggers draw from ``generator``), zero-shot classified
     over ``classnames`` (default: the test set's) with ``templates`` (default: the test set's, else the 80 CLIP
     templates); images whose true class is the target are excluded. ``quantize``: round triggered images to 8 bits
-    as the poisons are stored, with the poison spec's ``overflow`` (:func:`triggered_test_images`). Returns ``successes``, ``total`` (eligible images), ``asr`` (top-1) and, for other
-    k, ``top{k}_asr``; plus ``n_test``, ``n_excluded``, ``target``, ``trigger`` (identity) and ``placement``;
-    ``per_item`` adds the 0/1 list over eligible images (for a bootstrap over test images)."""
+    as the poisons are stored, with the poison spec's ``overflow`` (:func:`triggered_test_images`). Returns
+    ``successes``, ``total`` (eligible images), ``asr`` (top-1) and, for other k, ``top{k}_asr``; plus ``n_test``,
+    ``n_excluded``, ``target``, ``trigger`` (identity) and ``placement``; ``per_item`` adds the 0/1 list over
+    eligible images (for a bootstrap over test images)."""
     if test_set.labels is None:
         raise ValueError(f"{test_set.name} has no labels: backdoor ASR needs true classes")
     trigger = trigger if isinstance(trigger, Trigger) else make_trigger(trigger)
