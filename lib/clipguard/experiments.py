@@ -348,6 +348,46 @@ def _backend(spec: dict) -> dict:
     return {"device": kind}
 
 
+def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | None = None, progress: bool = True,
+            device: str | None = None) -> tuple[CLIPModel, dict]:
+    """Train and evaluate one spec (what :func:`run` stores; ``python -m clipguard.train_cli`` calls it under
+    ``torchrun``): the model (fresh, or the ``parent`` run's weights), objective, per-epoch zero-shot and per-pair
+    tracking, then the evaluators against the spec's attack (on the first process only)."""
+    from .train import _distributed
+
+    rank = _distributed()[0]
+    model = parent.load_model().train() if parent is not None else build_model(spec["model"],
+                                                                                seed=spec.get("model_seed", 0))
+    config = TrainConfig(**{**spec["train"], **({"device": device} if device else {})}, progress=progress)
+    objective = make_objective(spec, prepared)
+    callbacks = [ZeroShotEval(prepared.test)]
+    tracker = None
+    if spec.get("track_per_sample"):
+        groups = {}
+        if "is_poison" in prepared.info:
+            groups = {"clean": ~prepared.info["is_poison"], "poison": prepared.info["is_poison"]}
+        tracker = PerSampleTracker(prepared.train_data, groups)
+        callbacks.append(tracker)
+    result = train(model, prepared.train_data, objective, config, run_dir=work, callbacks=callbacks)
+    if tracker is not None and work is not None and rank == 0:
+        tracker.save(work / "per_sample.npz")
+    metrics = {"train_seconds": result.seconds, "pairs_per_second": result.pairs_per_second,
+               "n_train": len(prepared.train_data)}
+    for k, value in prepared.info.items():
+        if isinstance(value, (int, float, str)):
+            metrics[f"poison_{k}"] = value
+    if rank != 0:  # under torchrun only the first process evaluates
+        return model, metrics
+    evaluation = prepared.for_evaluation()
+    eval_spec = {**spec, "poison": attack_of(spec)}
+    for entry in spec.get("evaluate", []):
+        name, options = _evaluator_name(entry)
+        metrics.update(EVALUATORS[name](model, {**eval_spec, **options}, evaluation))
+    for saver in prepared.info.get("savers", []) if work is not None else []:
+        saver(work)
+    return model, metrics
+
+
 def run(spec: dict, store: RunStore | None = None, force: bool = False, progress: bool = True) -> Run:
     """Get the stored run of ``spec`` or train it: build data (and poisons), model, objective; train with
     per-epoch zero-shot tracking; evaluate; store weights, history and metrics.
@@ -367,34 +407,7 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
             raise ValueError(f"unknown evaluator {name!r}; registered: {sorted(EVALUATORS)}")
 
     def train_fn(work: Path):
-        model = parent.load_model().train() if parent is not None else build_model(spec["model"],
-                                                                                    seed=spec.get("model_seed", 0))
-        config = TrainConfig(**spec["train"], progress=show)
-        objective = make_objective(spec, prepared)
-        callbacks = [ZeroShotEval(prepared.test)]
-        tracker = None
-        if spec.get("track_per_sample"):
-            groups = {}
-            if "is_poison" in prepared.info:
-                groups = {"clean": ~prepared.info["is_poison"], "poison": prepared.info["is_poison"]}
-            tracker = PerSampleTracker(prepared.train_data, groups)
-            callbacks.append(tracker)
-        result = train(model, prepared.train_data, objective, config, run_dir=work, callbacks=callbacks)
-        if tracker is not None:
-            tracker.save(work / "per_sample.npz")
-        metrics = {"train_seconds": result.seconds, "pairs_per_second": result.pairs_per_second,
-                   "n_train": len(prepared.train_data)}
-        for k, value in prepared.info.items():
-            if isinstance(value, (int, float, str)):
-                metrics[f"poison_{k}"] = value
-        evaluation = prepared.for_evaluation()
-        eval_spec = {**spec, "poison": attack_of(spec)}
-        for entry in spec.get("evaluate", []):
-            name, options = _evaluator_name(entry)
-            metrics.update(EVALUATORS[name](model, {**eval_spec, **options}, evaluation))
-        for saver in prepared.info.get("savers", []):
-            saver(work)
-        return model, metrics
+        return execute(spec, prepared, work, parent, progress=show)
 
     result = store.get_or_train(train_fn=train_fn, force=force, **_key(spec, prepared, parent))
     seconds = time.perf_counter() - started
