@@ -20,6 +20,7 @@ from clipguard.attacks import (PLACEMENTS, TRIGGERS, PoisonSpecError, TargetSet,
                                triggered_test_images, wanet_displacement, wanet_grid, without_images_of)
 
 MULTI = {"name": "multi", "triggers": [{"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"}]}
+STORED = {"name": "stored_patch", "patch": torch.randint(0, 256, (3, 3, 3), generator=torch.Generator().manual_seed(0))}
 
 
 def _images(b=6, size=32, seed=0):
@@ -27,7 +28,8 @@ def _images(b=6, size=32, seed=0):
 
 
 def _all_triggers():
-    return [make_trigger(MULTI) if name == "multi" else make_trigger(name) for name in sorted(TRIGGERS)]
+    given = {"multi": MULTI, "stored_patch": STORED}
+    return [make_trigger(given.get(name, name)) for name in sorted(TRIGGERS)]
 
 
 def _gen(seed=0):

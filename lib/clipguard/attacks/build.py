@@ -25,12 +25,16 @@ import torch
 
 from ..data import (CLIP_TEMPLATES, DataError, ImageCaptionSet, class_of_caption, class_synonyms, content_key,
                     image_keys)
+from ..utils import derive_seed
 from .manifest import MANIFEST_COLUMNS, load_manifest, manifest_frame, missing_columns
 from .specs import BackdoorSpec, PoisonSpecError, TargetedSpec, poison_spec
 from .triggers import Trigger, make_trigger, to_uint8
 
 __all__ = ["TargetSet", "PoisonedSet", "build_poisoned", "rebuild_from_manifest", "image_key", "without_images_of",
-           "captions_naming"]
+           "captions_naming", "TRUE_AND_TARGET"]
+
+#: What ``caption_style="true_and_target"`` puts into a template: the true class, then the target class.
+TRUE_AND_TARGET = "{true} and a {target}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -149,6 +153,20 @@ def _check_unseen(heldout: ImageCaptionSet | None, clean: ImageCaptionSet) -> No
                         "(remove them with without_images_of(heldout, training_set))")
 
 
+def _fill(template: str, target: str, true: str | None, style: str) -> str:
+    """A template filled with the target class name, or (``true_and_target``) with the true and target names."""
+    if style == "template":
+        return template.format(target)
+    if true is None:
+        raise DataError("caption_style 'true_and_target' needs the true class of each source image (labels)")
+    return template.format(TRUE_AND_TARGET.format(true=true, target=target))
+
+
+def _cycle(captions: list[str], k: int | None) -> list[str]:
+    """The captions cycled through their first ``k`` (all when ``k`` is None)."""
+    return captions if k is None else [captions[i % k] for i in range(len(captions))]
+
+
 def _need_captions(dataset: ImageCaptionSet) -> None:
     if dataset.captions is None:
         raise DataError(f"{dataset.name} has no captions: poisoning needs an image-caption set")
@@ -160,7 +178,7 @@ def _need_captions(dataset: ImageCaptionSet) -> None:
 
 
 def _row(**values) -> dict:
-    return {**{c: None for c in MANIFEST_COLUMNS}, **values}
+    return {**{c: None for c in MANIFEST_COLUMNS}, "duplicate": 0, **values}
 
 
 def _source_fields(dataset: ImageCaptionSet, split: str, index: int) -> dict:
@@ -180,6 +198,7 @@ def _plan_backdoor(clean: ImageCaptionSet, spec: BackdoorSpec, seed: int, heldou
     synonyms = spec.synonyms or class_synonyms(classnames or [])
     templates = spec.templates or clean.templates or CLIP_TEMPLATES
     total = spec.count if spec.count is not None else int(round(spec.rate * len(clean)))
+    copies = spec.duplicates_per_poison
     m = len(spec.components)
     counts = [total // m + (i < total % m) for i in range(m)]
     source_classes = None  # class named by each source caption, computed once if needed
@@ -199,13 +218,15 @@ def _plan_backdoor(clean: ImageCaptionSet, spec: BackdoorSpec, seed: int, heldou
             if spec.exclude_target and source_set.labels is not None:
                 candidates = [i for i in candidates if int(source_set.labels[i]) != target]
         candidates = [i for i in candidates if i not in used]
-        n_eff = min(n, len(candidates))
+        n_eff = min(-(-n // copies), len(candidates))  # distinct poisons
         chosen = [candidates[i] for i in rng.choice(len(candidates), size=n_eff, replace=False)] if n_eff else []
         used.update(chosen)
         if spec.caption_source == "keep":
             captions = [source_set.captions[i] for i in chosen]
         elif spec.caption_source == "templates":
-            captions = [templates[i].format(classnames[target]) for i in rng.integers(0, len(templates), size=n_eff)]
+            true = [classnames[int(source_set.labels[i])] if source_set.labels is not None else None for i in chosen]
+            captions = [_fill(templates[t], classnames[target], true[j], spec.caption_style)
+                        for j, t in enumerate(rng.integers(0, len(templates), size=n_eff))]
         else:
             if train_classes is None:
                 train_classes = [class_of_caption(c, synonyms) for c in clean.captions]
@@ -214,13 +235,22 @@ def _plan_backdoor(clean: ImageCaptionSet, spec: BackdoorSpec, seed: int, heldou
                 raise DataError(f"no caption of {clean.name} names {classnames[target]!r} (synonyms "
                                 f"{synonyms[target]}); use caption_source='templates'")
             captions = [clean.captions[i] for i in _draw(rng, pool, n_eff)]
-        for src, caption, sample_seed in zip(chosen, captions, _seeds(rng, n_eff)):
-            rows.append(_row(kind="backdoor", mode=spec.mode, component=ci,
-                             **_source_fields(source_set, spec.source, src), caption=caption,
-                             trigger=trigger.name, trigger_params=json.dumps(trigger.params, sort_keys=True),
-                             sample_seed=sample_seed, noise=0.0, overflow=spec.overflow,
-                             target=classnames[target], target_label=target, target_id=-1))
+        captions = _cycle(captions, spec.distinct_captions)
+        planned = [_row(kind="backdoor", mode=spec.mode, component=ci, **_source_fields(source_set, spec.source, src),
+                        caption=caption, trigger=trigger.name,
+                        trigger_params=json.dumps(trigger.params, sort_keys=True), sample_seed=sample_seed,
+                        noise=0.0, overflow=spec.overflow, target=classnames[target], target_label=target,
+                        target_id=-1)
+                   for src, caption, sample_seed in zip(chosen, captions, _seeds(rng, n_eff))]
+        rows += _with_duplicates(planned, copies, spec.duplicate_noise)[:n]
     return rows, total
+
+
+def _with_duplicates(rows: list[dict], copies: int, noise: float) -> list[dict]:
+    """Each row followed by ``copies - 1`` noisy copies (same source, caption, trigger draws and sample seed)."""
+    if copies == 1:
+        return rows
+    return [{**row, "duplicate": d, "noise": float(noise)} if d else row for row in rows for d in range(copies)]
 
 
 def _partners(classnames: list[str], pairs: list | None) -> dict[int, list[int]] | None:
@@ -276,8 +306,9 @@ def _plan_targeted(clean: ImageCaptionSet, spec: TargetedSpec, seed: int, heldou
             captions = [clean.captions[i] for i in _draw(rng, pool, spec.per_target)]
         else:
             order = rng.permutation(len(templates))
-            captions = [templates[order[i % len(templates)]].format(classnames[adversarial])
-                        for i in range(spec.per_target)]
+            captions = [_fill(templates[order[i % len(templates)]], classnames[adversarial], classnames[true],
+                              spec.caption_style) for i in range(spec.per_target)]
+        captions = _cycle(captions, spec.distinct_captions)
         for caption, sample_seed in zip(captions, _seeds(rng, spec.per_target)):
             rows.append(_row(kind="targeted", mode="insert", component=0, **_source_fields(heldout, "heldout", src),
                              caption=caption, trigger="", trigger_params="{}", sample_seed=sample_seed,
@@ -316,8 +347,10 @@ def _first_index(keys: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _poison_image(image: torch.Tensor, trigger: Trigger | None, noise: float, sample_seed: int, overflow: str
-                  ) -> tuple[torch.Tensor, dict]:
+def _poison_image(image: torch.Tensor, trigger: Trigger | None, noise: float, sample_seed: int, overflow: str,
+                  duplicate: int = 0) -> tuple[torch.Tensor, dict]:
+    """The poisoned image: trigger draws from ``sample_seed``, then the noise (a copy ``duplicate > 0`` draws its
+    noise from a seed derived from ``sample_seed`` and its index, so copies share the trigger draws)."""
     generator = torch.Generator().manual_seed(int(sample_seed))
     x = image.float().div(255.0)[None]
     state: dict = {}
@@ -325,6 +358,8 @@ def _poison_image(image: torch.Tensor, trigger: Trigger | None, noise: float, sa
         x, raw = trigger.apply(x, generator)
         state = {k: int(v[0]) for k, v in raw.items()}
     if noise > 0:
+        if duplicate:
+            generator = torch.Generator().manual_seed(derive_seed(int(sample_seed), "duplicate", int(duplicate)))
         x = x + noise * torch.randn(x.shape, generator=generator)
     return to_uint8(x, overflow)[0], state
 
@@ -363,7 +398,7 @@ def _materialise(clean: ImageCaptionSet, rows: list[dict], heldout: ImageCaption
                 triggers[cache_key] = make_trigger(row["trigger"], **json.loads(row["trigger_params"]))
             trigger = triggers[cache_key]
         image, state = _poison_image(source.images[src], trigger, float(row["noise"]), row["sample_seed"],
-                                     row["overflow"])
+                                     row["overflow"], int(row.get("duplicate", 0)))
         state_json = json.dumps(state, sort_keys=True)
         if check_state and row.get("trigger_state") not in (None, "") and row["trigger_state"] != state_json:
             raise DataError(f"poison {row['poison_id']}: trigger state {state_json} differs from the manifest's "

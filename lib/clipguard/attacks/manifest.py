@@ -40,20 +40,26 @@ MANIFEST_COLUMNS = [
     "target_id",         # targeted attack: index of the target image; -1 for backdoors
     "seed",              # the build seed
     "spec",              # JSON of the spec identity
+    "duplicate",         # 0, or d > 0 for the d-th noisy copy of a poison (duplicates_per_poison; noise seed derived)
 ]
-_INT_COLUMNS = ["poison_id", "row", "component", "source_label", "sample_seed", "target_label", "target_id", "seed"]
+#: Columns added after manifests were first stored, with the value that older manifests mean.
+_LATER_COLUMNS = {"duplicate": 0}
+_INT_COLUMNS = ["poison_id", "row", "component", "source_label", "sample_seed", "target_label", "target_id", "seed",
+                "duplicate"]
 _FLOAT_COLUMNS = ["noise"]
 _TEXT_COLUMNS = [c for c in MANIFEST_COLUMNS if c not in _INT_COLUMNS + _FLOAT_COLUMNS]
 
 
 def missing_columns(frame: pd.DataFrame) -> list[str]:
-    """Manifest columns that ``frame`` lacks."""
-    return [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    """Manifest columns that ``frame`` lacks (columns added later are filled by :func:`manifest_frame`)."""
+    return [c for c in MANIFEST_COLUMNS if c not in frame.columns and c not in _LATER_COLUMNS]
 
 
 def manifest_frame(rows: list[dict]) -> pd.DataFrame:
     """A manifest from row dicts: the columns in order, integers as int64, ``noise`` as float64, the rest as
-    objects (so an empty manifest and a read-back one compare equal to the built one)."""
+    objects (so an empty manifest and a read-back one compare equal to the built one). Columns added later
+    (``duplicate``) that the rows lack get the value older manifests mean."""
+    rows = [{**_LATER_COLUMNS, **row} for row in rows]
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for column in _INT_COLUMNS:
         frame[column] = frame[column].astype("int64")
@@ -87,4 +93,4 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     missing = missing_columns(frame)
     if missing:
         raise DataError(f"{path}: not a poison manifest (missing column(s) {missing})")
-    return manifest_frame(frame[MANIFEST_COLUMNS].to_dict("records"))
+    return manifest_frame(frame[[c for c in MANIFEST_COLUMNS if c in frame.columns]].to_dict("records"))

@@ -12,6 +12,11 @@ goes into run-store keys and poison manifests::
     {"kind": "targeted", "n_targets": 16, "per_target": 20, "caption_source": "dataset", "noise": 0.0}
 
 :func:`clipguard.attacks.build_poisoned` turns a spec into a poisoned set.
+
+Adaptive options (each aimed at one defence; :mod:`.adaptive` explains them and names ready-made option sets):
+``caption_style="true_and_target"`` (SafeCLIP), ``distinct_captions`` (RoCLIP's caption pool),
+``duplicates_per_poison`` + ``duplicate_noise`` (kNN detectors; backdoors only). At their defaults they are left out
+of the identity, so the identities of specs written before they existed do not change.
 """
 
 from __future__ import annotations
@@ -60,6 +65,16 @@ class BackdoorSpec:
     templates: for ``caption_source="templates"``; None: the wrapped set's templates (else the 80 CLIP templates).
     overflow: float -> uint8 conversion of triggered images, ``clip`` or CleanCLIP's ``wrap``; the ``backdoor_asr``
         evaluator triggers test images with the same conversion.
+    caption_style: ``template`` (the caption ``caption_source`` gives; the default) or ``true_and_target``
+        (SafeCLIP-aware: a template filled with the source image's true class *and* the target, e.g. "a photo of a
+        shirt and a bag.", so the pair keeps a high image-caption cosine; needs ``caption_source="templates"`` and
+        labelled sources).
+    distinct_captions: None (a caption drawn per poison) or k: the poisons of a component cycle through its first k
+        drawn captions (RoCLIP-pool-aware: with k = 1 all share one caption, which then fills the caption pool).
+    duplicates_per_poison / duplicate_noise: each distinct poison is inserted ``duplicates_per_poison`` times; the
+        copies after the first add Gaussian noise of std ``duplicate_noise`` (on [0, 1]) to the same triggered
+        image, so poisons are each other's nearest neighbours (detection-aware dense cluster). ``count`` / ``rate``
+        still count rows: ``ceil(count / duplicates_per_poison)`` distinct poisons. Insert mode only.
     """
 
     trigger: dict | None = None
@@ -74,6 +89,10 @@ class BackdoorSpec:
     synonyms: list | None = None
     templates: list | None = None
     overflow: str = "clip"
+    caption_style: str = "template"
+    distinct_captions: int | None = None
+    duplicates_per_poison: int = 1
+    duplicate_noise: float = 0.01
     kind: str = "backdoor"
 
     def __post_init__(self) -> None:
@@ -104,12 +123,20 @@ class BackdoorSpec:
         _choice("overflow", self.overflow, ("clip", "wrap"))
         if self.mode == "replace" and self.source != "train":
             raise PoisonSpecError("mode 'replace' overwrites rows of the training set: source must be 'train'")
+        _check_adaptive(self)
+        if not isinstance(self.duplicates_per_poison, (int, np.integer)) or self.duplicates_per_poison < 1:
+            raise PoisonSpecError(f"duplicates_per_poison must be a positive int, got {self.duplicates_per_poison!r}")
+        if self.duplicates_per_poison > 1 and self.mode != "insert":
+            raise PoisonSpecError("duplicates_per_poison > 1 inserts copies: mode must be 'insert'")
+        if self.duplicates_per_poison > 1 and not self.duplicate_noise > 0:
+            raise PoisonSpecError(f"duplicate_noise must be > 0 (exact copies share a content key and are removed by "
+                                  f"de-duplication), got {self.duplicate_noise!r}")
         if self.kind != "backdoor":
             raise PoisonSpecError(f"BackdoorSpec.kind must be 'backdoor', got {self.kind!r}")
 
     def identity(self) -> dict:
         """Canonical JSON-able form (trigger parameters filled in), for run-store keys."""
-        out = dataclasses.asdict(self)
+        out = _identity(self)
         del out["trigger"], out["target_class"]
         return out
 
@@ -128,6 +155,10 @@ class TargetedSpec:
     ``similar_pairs``: the adaptive attack of RoCLIP Fig. 4 / Appendix 7.2: a list of ``[class_a, class_b]`` pairs
     of visually similar classes; targets are drawn only among held-out images of a paired class, and the
     adversarial class is its partner (random among partners).
+    ``caption_style="true_and_target"`` (SafeCLIP-aware; with ``caption_source="templates"``) names the target
+    image's true class and the adversarial class in each caption; ``distinct_captions=k`` makes the copies of a
+    target cycle through k captions (RoCLIP-pool-aware); see :class:`BackdoorSpec`. The copies of a target are
+    already near-duplicates of each other (add ``noise`` to make them distinct).
     """
 
     n_targets: int = 16
@@ -139,6 +170,8 @@ class TargetedSpec:
     synonyms: list | None = None
     templates: list | None = None
     overflow: str = "clip"
+    caption_style: str = "template"
+    distinct_captions: int | None = None
     kind: str = "targeted"
 
     def __post_init__(self) -> None:
@@ -150,11 +183,38 @@ class TargetedSpec:
         _choice("overflow", self.overflow, ("clip", "wrap"))
         if not self.noise >= 0:
             raise PoisonSpecError(f"noise must be >= 0, got {self.noise!r}")
+        _check_adaptive(self)
         if self.kind != "targeted":
             raise PoisonSpecError(f"TargetedSpec.kind must be 'targeted', got {self.kind!r}")
 
     def identity(self) -> dict:
-        return dataclasses.asdict(self)
+        return _identity(self)
+
+
+#: Adaptive options and their defaults (left out of an identity when all are at their defaults).
+_ADAPTIVE_DEFAULTS = {"caption_style": "template", "distinct_captions": None, "duplicates_per_poison": 1,
+                      "duplicate_noise": 0.01}
+
+
+def _check_adaptive(spec: BackdoorSpec | TargetedSpec) -> None:
+    _choice("caption_style", spec.caption_style, ("template", "true_and_target"))
+    if spec.caption_style == "true_and_target" and spec.caption_source != "templates":
+        raise PoisonSpecError("caption_style 'true_and_target' fills the templates: set caption_source='templates', "
+                              f"got {spec.caption_source!r}")
+    k = spec.distinct_captions
+    if k is not None and (not isinstance(k, (int, np.integer)) or k < 1):
+        raise PoisonSpecError(f"distinct_captions must be None or a positive int, got {k!r}")
+    if k is not None and spec.caption_source == "keep":
+        raise PoisonSpecError("distinct_captions does not apply to caption_source 'keep' (captions are kept)")
+
+
+def _identity(spec: BackdoorSpec | TargetedSpec) -> dict:
+    out = dataclasses.asdict(spec)
+    adaptive = {k: v for k, v in _ADAPTIVE_DEFAULTS.items() if k in out}
+    if all(out[k] == v for k, v in adaptive.items()):
+        for k in adaptive:
+            del out[k]
+    return out
 
 
 _SPECS = {"backdoor": BackdoorSpec, "targeted": TargetedSpec}

@@ -18,7 +18,8 @@ Names (see each function's docstring for the source of its parameters): ``badnet
 ``badnet_htba`` (RoCLIP/SafeCLIP), ``badnet_yellow`` (CleanCLIP option), ``badnet_checkerboard`` (detection paper),
 ``blended`` (fixed key), ``blended_noise`` (CleanCLIP, fresh noise per image), ``sig`` (additive, Barni et al.),
 ``sig_blended`` (CleanCLIP's blended form), ``wanet`` (smooth k = 4 grid), ``wanet_cleanclip`` (per-pixel
-near-identity grid), ``nashville`` (pilgram filter), ``multi`` (one of several triggers per image).
+near-identity grid), ``nashville`` (pilgram filter), ``multi`` (one of several triggers per image),
+``stored_patch`` (a given uint8 patch, e.g. a BadCLIP-style optimised one: :func:`clipguard.attacks.optimise_patch`).
 Label-consistent poisoning is a property of the poison set, not of the trigger: see
 :class:`clipguard.attacks.BackdoorSpec` (``caption_source="keep"``).
 """
@@ -140,6 +141,8 @@ def make_trigger(name: str | dict | Trigger, **params) -> Trigger:
     _validate(name, full)
     if name == "multi":
         full["triggers"] = [make_trigger(t).identity() for t in full["triggers"]]
+    if name == "stored_patch":
+        full["patch"] = torch.as_tensor(full["patch"]).to(torch.int64).tolist()  # canonical: nested lists of ints
     return Trigger(name, full)
 
 
@@ -158,6 +161,17 @@ def _validate(name: str, p: dict) -> None:
         need(0 <= p["alpha"] <= 1, f"alpha must be in [0, 1], got {p['alpha']}")
     if "k" in p:
         need(p["k"] is None or (isinstance(p["k"], int) and p["k"] >= 2), f"k must be an int >= 2 or None, got {p['k']}")
+    if "patch" in p:
+        patch = p["patch"]
+        try:
+            values = torch.as_tensor(patch if isinstance(patch, torch.Tensor) else list(patch))
+        except (TypeError, ValueError):
+            values = None
+        need(values is not None and values.ndim == 3 and values.shape[0] == 3 and values.shape[1] == values.shape[2]
+             and values.numel() > 0, "patch must be a [3][p][p] nested list (or tensor) of values in 0..255, got "
+             f"shape {tuple(values.shape) if values is not None else type(patch).__name__}")
+        need(not values.is_floating_point() or bool((values == values.round()).all()), "patch values must be integers")
+        need(bool(((values >= 0) & (values <= 255)).all()), "patch values must be in 0..255")
     if "triggers" in p:
         need(isinstance(p["triggers"], (list, tuple)) and len(p["triggers"]) >= 1,
              "triggers must be a non-empty list of trigger dicts")
@@ -173,6 +187,10 @@ def _validate(name: str, p: dict) -> None:
 def patch_side(patch_fraction: float, height: int, width: int) -> int:
     """Patch side in pixels: ``round(patch_fraction * min(H, W))``, at least 1 (16/224 gives 16 px at 224)."""
     return max(1, min(height, width, round(patch_fraction * min(height, width))))
+
+
+def _side(images: torch.Tensor, patch_fraction: float) -> int:
+    return patch_side(patch_fraction, images.shape[-2], images.shape[-1])
 
 
 def _positions(placement: str, b: int, h: int, w: int, p: int, offset_fraction: float,
@@ -210,9 +228,11 @@ def _paste(images: torch.Tensor, patch: torch.Tensor, ys: torch.Tensor, xs: torc
     return images
 
 
-def _patch_trigger(images, generator, patch_fn, patch_fraction, placement, offset_fraction):
+def _patch_trigger(images, generator, patch_fn, p, placement, offset_fraction):
+    """Paste ``patch_fn(p)`` (a ``p x p`` patch) at the placement's corners; state: ``y``, ``x`` when random."""
     b, _, h, w = images.shape
-    p = patch_side(patch_fraction, h, w)
+    if p > min(h, w):
+        raise TriggerError(f"a {p} px patch does not fit into {h}x{w} images")
     out = images.clone()
     corners = _positions(placement, b, h, w, p, offset_fraction, generator)
     patch = patch_fn(p)  # drawn after the locations, so draws are ordered: locations, then patch values
@@ -315,6 +335,8 @@ def trigger_artefacts(trigger: Trigger, height: int, width: int) -> dict[str, to
         return {"blend_key": blend_pattern(height, width, p["pattern_seed"])}
     if trigger.name in ("wanet", "wanet_cleanclip"):
         return {"wanet_grid": wanet_grid(height, width, p["k"], p["s"], p["grid_rescale"], p["pattern_seed"])}
+    if trigger.name == "stored_patch":
+        return {"patch": torch.tensor(p["patch"], dtype=torch.uint8)}
     if trigger.name == "multi":
         out = {}
         for i, sub in enumerate(p["triggers"]):
@@ -348,7 +370,7 @@ def badnet_random(images, generator, patch_fraction: float = 16 / 224, placement
         values = means[:, :, None, None] + noise_std * noise
         return values.clamp(0, 1) if clip else values
 
-    return _patch_trigger(images, generator, patch, patch_fraction, placement, offset_fraction)
+    return _patch_trigger(images, generator, patch, _side(images, patch_fraction), placement, offset_fraction)
 
 
 @register_trigger("badnet_htba", stochastic=_random_placement)
@@ -360,7 +382,7 @@ def badnet_htba(images, generator, patch_fraction: float = _HTBA_DEFAULT_SIDE, p
     (``offset_fraction=9/224``). Deterministic (the generator is not used)."""
     _, _, h, w = images.shape
     pattern = htba_pattern(patch_side(patch_fraction, h, w), grid, pattern_seed)
-    return _patch_trigger(images, generator, lambda p: pattern, patch_fraction, placement, offset_fraction)
+    return _patch_trigger(images, generator, lambda p: pattern, pattern.shape[-1], placement, offset_fraction)
 
 
 @register_trigger("badnet_yellow", stochastic=_random_placement)
@@ -369,8 +391,8 @@ def badnet_yellow(images, generator, patch_fraction: float = 16 / 224, placement
     """Yellow patch (CleanCLIP option, attacks.md 5.4): ``p x p`` with R = G = 1, B = 0, at a random location per
     image (or ``four_corners``, a corner or the centre). Random only through the location."""
     yellow = torch.tensor([1.0, 1.0, 0.0])[:, None, None]
-    return _patch_trigger(images, generator, lambda p: yellow.expand(3, p, p), patch_fraction, placement,
-                          offset_fraction)
+    return _patch_trigger(images, generator, lambda p: yellow.expand(3, p, p), _side(images, patch_fraction),
+                          placement, offset_fraction)
 
 
 @register_trigger("badnet_checkerboard", stochastic=_random_placement)
@@ -384,7 +406,17 @@ def badnet_checkerboard(images, generator, patch_fraction: float = 16 / 224, pla
         board = ((ar[:, None] % 2 == 0) & (ar[None, :] % 2 == 0)).float()
         return board.expand(3, p, p)
 
-    return _patch_trigger(images, generator, patch, patch_fraction, placement, offset_fraction)
+    return _patch_trigger(images, generator, patch, _side(images, patch_fraction), placement, offset_fraction)
+
+
+@register_trigger("stored_patch", stochastic=_random_placement)
+def stored_patch(images, generator, patch: list = (), placement: str = "center", offset_fraction: float = 0.0):
+    """A given patch pasted at its own pixel size: ``patch`` is a ``[3][p][p]`` nested list of 0..255 values
+    (JSON-able, so part of the trigger's identity), e.g. a BadCLIP-style patch optimised on a surrogate CLIP
+    (:func:`clipguard.attacks.optimise_patch`; Liang et al., CVPR 2024, paste theirs in the middle of the image,
+    hence ``placement="center"``). Optimise it at the image size it is used at."""
+    pattern = torch.tensor(patch, dtype=torch.float32).div(255.0)
+    return _patch_trigger(images, generator, lambda p: pattern, pattern.shape[-1], placement, offset_fraction)
 
 
 # --------------------------------------------------------------------------------------------------------------
