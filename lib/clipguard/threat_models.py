@@ -35,8 +35,7 @@ def supervised_config_for(spec: dict, **overrides) -> SupervisedConfig:
 
 
 def _evaluate_classifier(model, prepared: experiments.Prepared, seed: int) -> dict:
-    from .attacks import backdoor_success, make_trigger, targeted_success, to_uint8
-    from .attacks.poison import poison_spec
+    from .attacks import backdoor_success, make_trigger, poison_spec, targeted_success, triggered_test_images
 
     test = prepared.test
     out = {"accuracy": float(predict(model, test.float_images()).argmax(1).eq(test.labels).float().mean())}
@@ -49,7 +48,8 @@ def _evaluate_classifier(model, prepared: experiments.Prepared, seed: int) -> di
         component = parsed.components[0]
         trigger = make_trigger(component["trigger"])
         target = list(test.classnames).index(component["target_class"])
-        triggered = to_uint8(trigger(test.float_images(), torch.Generator().manual_seed(seed))).float() / 255.0
+        triggered = triggered_test_images(test.float_images(), trigger, torch.Generator().manual_seed(seed),
+                                          parsed.overflow)
         result = backdoor_success(predict(model, triggered), test.labels, target)
         out.update({"backdoor_successes": result.successes, "backdoor_total": result.total,
                     "backdoor_asr": result.rate, "backdoor_target": component["target_class"]})

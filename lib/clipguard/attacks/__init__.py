@@ -8,7 +8,7 @@ Importing the package also registers the ``backdoor``/``targeted`` poisoners and
 """
 
 from ..data import class_synonyms as default_synonyms  # noqa: F401  (former name, kept importable)
-from . import adaptive, build, hooks, manifest, metrics, poison, specs, triggers  # noqa: F401
+from . import adaptive, build, hooks, manifest, metrics, specs, triggers  # noqa: F401
 from .adaptive import *  # noqa: F401,F403
 from .build import *  # noqa: F401,F403
 from .manifest import *  # noqa: F401,F403
