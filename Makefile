@@ -3,19 +3,23 @@ PY := .venv/bin/python
 PROFILE ?= cpu
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup book notebooks html test test-fast bench clean-book
+.PHONY: setup book notebooks html browser-check test test-fast bench clean-book
 
 setup:
 	bash scripts/setup.sh
 
-## Execute every notebook with papermill at $(PROFILE) and build the HTML book.
-book: setup notebooks html
+## Execute every notebook with papermill at $(PROFILE), build the HTML book and check it in a browser.
+book: setup notebooks html browser-check
 
 notebooks:
 	$(PY) -m clipguard.notebooks run --profile $(PROFILE)
 
 html:
 	$(PY) -m clipguard.notebooks build
+
+## Every page of the built book in headless chromium; screenshots in book/_build/screenshots/.
+browser-check:
+	$(PY) -m clipguard.browser_check book/_build/html
 
 ## The test suite (unit tests, every notebook at profile=smoke, the book build).
 test: setup

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-# 1. Debian packages: the embedded data (Fashion-MNIST IDX files, WordNet 3.0).
+# 1. Debian packages: the embedded data (Fashion-MNIST IDX files, WordNet 3.0) and the browser that checks the
+#    built book (Playwright drives this chromium; it downloads no browser of its own).
 need=()
-for pkg in dataset-fashion-mnist wordnet-base; do
+for pkg in dataset-fashion-mnist wordnet-base chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,33 +1,9 @@
-"""Every notebook executes under papermill at profile=smoke, and the book builds from the executed copies."""
-
-import os
-import shutil
+"""Every notebook executes under papermill at profile=smoke, and the book builds from the executed copies
+(the ``executed_book`` fixture lives in conftest.py: test_browser checks the same book)."""
 
 import pytest
 
 from clipguard import notebooks
-
-
-@pytest.fixture(scope="module")
-def executed_book(tmp_path_factory):
-    book = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(notebooks.BOOK_DIR / name, book / name)
-    for page in notebooks.BOOK_DIR.glob("*.md"):
-        shutil.copy(page, book / page.name)
-    for extra in ("images", "_static"):
-        if (notebooks.BOOK_DIR / extra).exists():
-            shutil.copytree(notebooks.BOOK_DIR / extra, book / extra)
-    previous = os.environ.get("CLIPGUARD_RESULTS")
-    os.environ["CLIPGUARD_RESULTS"] = str(book / "results")  # the kernels inherit it: a fresh run store
-    try:
-        timings = notebooks.run_all("smoke", book / "executed")
-    finally:
-        if previous is None:
-            os.environ.pop("CLIPGUARD_RESULTS", None)
-        else:
-            os.environ["CLIPGUARD_RESULTS"] = previous
-    return book, timings
 
 
 @pytest.mark.slow
@@ -38,13 +14,11 @@ def test_every_notebook_executes_at_smoke(executed_book):
 
 
 @pytest.mark.slow
-def test_book_builds_from_executed_notebooks(executed_book):
-    book, _ = executed_book
-    notebooks.build_book(book)
-    assert (book / "_build" / "html" / "index.html").exists()
+def test_book_builds_from_executed_notebooks(built_book):
+    assert (built_book / "index.html").exists()
     for path in notebooks.discover():
         relative = path.relative_to(notebooks.NOTEBOOK_DIR).with_suffix(".html")
-        assert (book / "_build" / "html" / "executed" / relative).exists(), relative
+        assert (built_book / "executed" / relative).exists(), relative
 
 
 def test_unknown_parameter_fails_before_execution(tmp_path):
