@@ -7,7 +7,6 @@ Importing the package also registers the ``backdoor``/``targeted`` poisoners and
 ``backdoor_asr`` evaluators with :mod:`clipguard.experiments` (:mod:`.hooks`).
 """
 
-from ..data import class_synonyms as default_synonyms  # noqa: F401  (former name, kept importable)
 from . import adaptive, build, hooks, manifest, metrics, specs, triggers  # noqa: F401
 from .adaptive import *  # noqa: F401,F403
 from .build import *  # noqa: F401,F403
@@ -17,4 +16,4 @@ from .specs import *  # noqa: F401,F403
 from .triggers import *  # noqa: F401,F403
 
 __all__ = (list(triggers.__all__) + list(specs.__all__) + list(build.__all__) + list(manifest.__all__)
-           + list(metrics.__all__) + list(adaptive.__all__) + ["default_synonyms"])
+           + list(metrics.__all__) + list(adaptive.__all__))
