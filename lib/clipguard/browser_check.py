@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import quote, urldefrag, urljoin, urlsplit
 
 __all__ = ["Problem", "Report", "find_chromium", "book_pages", "serve", "check_book", "main"]
 
@@ -83,7 +83,8 @@ def find_chromium(explicit: str | os.PathLike | None = None) -> str:
     path = shutil.which(str(candidate)) if candidate else (shutil.which("chromium") or shutil.which("chromium-browser"))
     if not path:
         wanted = candidate or "chromium"
-        raise FileNotFoundError(f"no chromium executable ({wanted!r}); install Debian's chromium: bash scripts/setup.sh")
+        raise FileNotFoundError(f"no chromium executable ({wanted!r}); "
+                                "install Debian's chromium: bash scripts/setup.sh")
     return path
 
 
@@ -170,11 +171,12 @@ _PAGE_SCRIPT = r"""
 async () => {
   const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
   const describe = (el) => {
-    const cls = (el.className && typeof el.className === 'string') ? '.' + el.className.trim().split(/\s+/).join('.') : '';
+    const cls = typeof el.className === 'string' && el.className.trim()
+      ? '.' + el.className.trim().split(/\s+/).join('.') : '';
     const text = (el.innerText || el.getAttribute('src') || '').replace(/\s+/g, ' ').trim().slice(0, 60);
     return `<${el.tagName.toLowerCase()}${cls}> "${text}"`;
   };
-  const out = {errors: [], images: [], text: '', tables: [], overflow: [], links: [], downloads: [], title: document.title};
+  const out = {errors: [], images: [], text: '', tables: [], overflow: [], links: [], downloads: []};
 
   // errors: myst-nb renders an error output as div.output.traceback
   for (const cell of article.querySelectorAll('.cell_output')) {
@@ -198,7 +200,8 @@ async () => {
 
   // text as written: code blocks, math and cell inputs dropped, inline code back in backticks
   const clone = article.cloneNode(true);
-  clone.querySelectorAll('pre, script, style, .math, mjx-container, .cell_input, .headerlink').forEach(el => el.remove());
+  clone.querySelectorAll('pre, script, style, .math, mjx-container, .cell_input, .headerlink')
+    .forEach(el => el.remove());
   clone.querySelectorAll('code').forEach(el => el.replaceWith('`' + el.textContent + '`'));
   out.text = clone.textContent;
 
@@ -212,14 +215,18 @@ async () => {
   // overflow: content wider than the column, whether it spills out or sits in a horizontal scroller
   const column = article.getBoundingClientRect();
   const spills = (el) => el.getBoundingClientRect().right > column.right + 1;
-  const candidates = article.querySelectorAll('.cell_output, .cell_output *, table, img, figure, .math, .pst-scrollable-table-container');
+  const candidates = article.querySelectorAll(
+    '.cell_output, .cell_output *, table, img, figure, .math, .pst-scrollable-table-container');
+  const columnPx = `column ${Math.round(column.width)} px`;
   const reported = [];
   for (const el of candidates) {
     if (el.closest('.cell_input') || reported.some(r => r.contains(el))) continue;
     const scrolls = /(auto|scroll|hidden)/.test(getComputedStyle(el).overflowX) && el.scrollWidth > el.clientWidth + 1;
     const parentSpills = el.parentElement && el.parentElement !== article && spills(el.parentElement);
-    if (scrolls) out.overflow.push(`${describe(el)} is ${el.scrollWidth} px wide in a ${el.clientWidth} px scroller (column ${Math.round(column.width)} px)`);
-    else if (spills(el) && !parentSpills) out.overflow.push(`${describe(el)} reaches ${Math.round(el.getBoundingClientRect().right - column.left)} px (column ${Math.round(column.width)} px)`);
+    const reach = Math.round(el.getBoundingClientRect().right - column.left);
+    const scroller = `${el.scrollWidth} px wide in a ${el.clientWidth} px scroller`;
+    if (scrolls) out.overflow.push(`${describe(el)} is ${scroller} (${columnPx})`);
+    else if (spills(el) && !parentSpills) out.overflow.push(`${describe(el)} reaches ${reach} px (${columnPx})`);
     else continue;
     reported.push(el);
   }
@@ -328,13 +335,15 @@ def _check_page(browser_page, page: str, base: str, html_dir: Path, shots: Path,
 
 
 def _check_search(browser_page, base: str, query: str, expect: str) -> list[Problem]:
-    browser_page.goto(urljoin(base, f"search.html?q={query}"), wait_until="load", timeout=PAGE_TIMEOUT_MS)
-    try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    browser_page.goto(urljoin(base, f"search.html?q={quote(query)}"), wait_until="load", timeout=PAGE_TIMEOUT_MS)
+    try:  # Sphinx's search writes a summary line when it has listed every result
         browser_page.wait_for_function(
             "() => (document.querySelector('#search-results .search-summary')?.innerText || '').length > 0",
             timeout=PAGE_TIMEOUT_MS)
-    except Exception as error:  # playwright's TimeoutError
-        return [Problem("search.html", "search", f"search for {query!r} never finished: {error}")]
+    except PlaywrightTimeout:
+        return [Problem("search.html", "search", f"search for {query!r} never finished")]
     hits = browser_page.eval_on_selector_all("#search-results ul.search li a", "as => as.map(a => a.href)")
     if not any(expect.lower() in h.lower() for h in hits):
         shown = [h[len(base):] for h in hits][:10]
@@ -364,7 +373,12 @@ def check_book(html_dir: Path, screenshots: Path | None = None, search: tuple[st
             "--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
         try:
             browser_page = browser.new_context(viewport=VIEWPORT).new_page()
-            browser_page.on("requestfailed", lambda r: r.url.startswith(base) or blocked.add(urlsplit(r.url).netloc))
+
+            def on_failed(request):  # other hosts are refused by design; note which ones the book asks for
+                if not request.url.startswith(base):
+                    blocked.add(urlsplit(request.url).netloc)
+
+            browser_page.on("requestfailed", on_failed)
             for page in pages:
                 problems += _check_page(browser_page, page, base, html_dir, shots, links)
             if search:
@@ -378,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipguard.browser_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("html_dir", type=Path, help="the built book, e.g. book/_build/html")
-    parser.add_argument("--screenshots", type=Path, help="where the page screenshots go (default: HTML_DIR/../screenshots)")
+    parser.add_argument("--screenshots", type=Path,
+                        help="where the page screenshots go (default: HTML_DIR/../screenshots)")
     parser.add_argument("--search", default="RoCLIP=roclip", metavar="QUERY=URL_PART",
                         help="search query and a part of the URL a result must have ('' to skip)")
     parser.add_argument("--chromium", help="chromium executable (default: $CLIPGUARD_CHROMIUM or chromium on PATH)")
