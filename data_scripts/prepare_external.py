@@ -3,7 +3,8 @@
 Formats: ``csv`` (image path + caption, CleanCLIP/RoCLIP convention), ``webdataset`` (img2dataset tar shards, e.g.
 CC3M), ``imagefolder`` (ImageNet-style ``root/<class>/<image>``), ``labels-csv`` (flat folder + ``image,label`` CSV,
 e.g. ImageNet validation; needs --classnames, a text file with one name per line). Bad items stop the conversion
-with a message naming them, or are skipped and listed with --skip-bad.
+with a message naming them, or are skipped and listed with --skip-bad. Sets too large for memory are not converted
+but streamed from their shards (``clipguard.shards``; ``poison_shards.py`` poisons them shard by shard).
 
     python data_scripts/prepare_external.py webdataset /data/cc3m/shards --image-size 64 --limit 100000 --out cc3m.pt
     python data_scripts/prepare_external.py csv /data/cc3m/train.csv --out cc3m.pt
@@ -11,12 +12,10 @@ with a message naming them, or are skipped and listed with --skip-bad.
 """
 
 import argparse
-import os
 from pathlib import Path
 
-import torch
-
 from clipguard import data
+from clipguard.utils import atomic_torch_save
 
 
 def main() -> int:
@@ -26,13 +25,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="webdataset: stop after this many samples")
-    parser.add_argument("--classnames", type=Path, help="text file, one class name per line")
+    parser.add_argument("--classnames", type=Path, help="UTF-8 text file, one class name per line")
     parser.add_argument("--skip-bad", action="store_true", help="skip and list bad items instead of stopping")
     args = parser.parse_args()
     report = data.LoadReport()
     on_error = "skip" if args.skip_bad else "raise"
-    names = args.classnames.read_text().splitlines() if args.classnames else None
     try:
+        names = data.load_classnames(args.classnames) if args.classnames else None
         if args.format == "csv":
             dataset = data.load_csv_pairs(args.source, args.image_size, on_error=on_error, report=report)
         elif args.format == "webdataset":
@@ -48,10 +47,8 @@ def main() -> int:
     except data.DataError as error:
         print(f"error: {error}")
         return 1
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    torch.save({"images": dataset.images, "captions": dataset.captions, "labels": dataset.labels,
-                "classnames": dataset.classnames, "templates": dataset.templates, "name": dataset.name}, tmp)
-    os.replace(tmp, args.out)
+    atomic_torch_save({"images": dataset.images, "captions": dataset.captions, "labels": dataset.labels,
+                       "classnames": dataset.classnames, "templates": dataset.templates, "name": dataset.name}, args.out)
     print(f"wrote {len(dataset)} items to {args.out}; skipped {len(report.skipped)}")
     for reason in report.skipped[:20]:
         print(f"  skipped: {reason}")

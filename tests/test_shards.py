@@ -1,9 +1,11 @@
 """Streaming shards (clipguard.shards): exactly-once partition over ranks and workers, order under a seed, bounded
 buffering, errors naming shard and key, resumable training, poisoned shards with a manifest."""
 
+import importlib.util
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +208,31 @@ def test_poisoned_shards_reject_what_needs_the_whole_set(eight, tmp_path):
     with pytest.raises(data.DataError, match="overwrite its source"):
         shards.write_poisoned_shards(eight[:1], {"kind": "backdoor", "trigger": YELLOW, "target_class": "banana",
                                                  "count": 1}, eight[0].parent, seed=0)
+
+
+def _script(name):
+    path = Path(__file__).resolve().parents[1] / "data_scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scripts_export_shards_with_the_same_keys_and_poison_them(tmp_path, capsys):
+    assert _script("export_shards").main(["--dataset", "shapes", "--n", "40", "--per-shard", "16",
+                                          "--out", str(tmp_path / "shards")]) == 0
+    streamed = list(shards.ShardStream(tmp_path / "shards", shuffle_buffer=0, shuffle_shards=False))
+    assert shards.count_samples(tmp_path / "shards") == [16, 16, 8]
+    keys = [data.content_key(image, caption) for image, caption, _ in streamed]
+    assert keys == data.shapes(n=40, seed=0).keys  # PNG shards keep every pixel
+
+    (tmp_path / "names.txt").write_text("circle\nsquare\n")
+    spec = json.dumps({"kind": "backdoor", "trigger": {"name": "badnet_yellow"}, "target_class": "square", "count": 3})
+    poison = _script("poison_shards")
+    assert poison.main([str(tmp_path / "shards"), str(tmp_path / "poisoned"), "--seed", "0", "--spec", spec,
+                        "--classnames", str(tmp_path / "names.txt")]) == 0
+    manifest = attacks.load_manifest(tmp_path / "poisoned" / "manifest.csv")
+    assert len(manifest) == 3 and set(manifest["target_label"]) == {1}
+    assert poison.main([str(tmp_path / "shards"), str(tmp_path / "other"), "--seed", "0", "--spec",
+                        '{"kind": "targeted"}']) == 1
+    assert "backdoor poisons only" in capsys.readouterr().out

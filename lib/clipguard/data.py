@@ -695,6 +695,22 @@ def load_labels_csv(csv_path: str | Path, classnames: Sequence[str], image_size:
                            name=csv_path.stem)
 
 
+def load_classnames(path: str | Path) -> list[str]:
+    """Class names from a UTF-8 text file, one per line (surrounding spaces and blank lines dropped); a missing
+    file, no names, repeated names or bytes that are not UTF-8 raise a :class:`DataError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"class names file not found: {path}")
+    with contextlib.closing(_utf8_lines(path)) as lines:
+        names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise DataError(f"{path}: no class names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: class name(s) {repeated} appear more than once")
+    return names
+
+
 def load_torchvision(name: str, root: str | Path, split: str = "test", image_size: int = 32,
                      limit: int | None = None, seed: int = 0) -> ImageCaptionSet:
     """A torchvision classification dataset the user already has on disk (no download here), e.g. ``CIFAR10``.
