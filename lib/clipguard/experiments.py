@@ -29,16 +29,19 @@ from .utils import config_from_spec
 
 __all__ = ["DATASETS", "POISONERS", "OBJECTIVES", "EVALUATORS", "register_dataset", "register_poisoner",
            "register_objective", "register_evaluator", "load_dataset", "clip_spec", "finetune_spec", "run",
-           "Prepared", "prepare", "spec_modules", "attack_of", "AugmentConfig", "augmentation_hooks"]
+           "Prepared", "prepare", "spec_modules", "attack_of", "AugmentConfig", "augmentation_hooks", "register_filter",
+           "FILTERS", "execute", "code_key", "describe"]
 
 DATASETS: dict[str, Callable[..., data_lib.ImageCaptionSet]] = {}
 POISONERS: dict[str, Callable] = {}
 OBJECTIVES: dict[str, Callable] = {}
 EVALUATORS: dict[str, Callable] = {}
+FILTERS: dict[str, Callable] = {}
 #: (table, name) -> the modules a registered function runs beyond the core ones: its own module plus ``uses``
 #: (a tuple of module names, or a function of the spec section returning one). They enter the run's key.
 _MODULES: dict[tuple[str, str], tuple[str, Callable | tuple[str, ...]]] = {}
-_TABLES = {"dataset": DATASETS, "poisoner": POISONERS, "objective": OBJECTIVES, "evaluator": EVALUATORS}
+_TABLES = {"dataset": DATASETS, "poisoner": POISONERS, "objective": OBJECTIVES, "evaluator": EVALUATORS,
+           "filter": FILTERS}
 
 
 def _register(kind: str, name: str, uses: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()):
@@ -71,6 +74,13 @@ def register_evaluator(name: str, uses=()):
     return _register("evaluator", name, uses)
 
 
+def register_filter(name: str, uses=()):
+    """``fn(prepared, section: dict, scored: Run, store) -> (keep: bool tensor over the training rows, info)``:
+    removes training pairs before training (detect-and-retrain). ``section`` is the spec's ``filter``; ``scored``
+    is the stored run of ``section["by"]`` whose model scores the pairs."""
+    return _register("filter", name, uses)
+
+
 def _declared(kind: str, name: str, section: dict) -> list[str]:
     module, uses = _MODULES[(kind, name)]
     extra = uses(section) if callable(uses) else uses
@@ -94,6 +104,8 @@ def spec_modules(spec: dict) -> list[str]:
             modules += _declared("dataset", spec[key]["name"], spec[key])
     if spec.get("poison"):
         modules += _declared("poisoner", spec["poison"]["kind"], spec["poison"])
+    if spec.get("filter"):
+        modules += _declared("filter", spec["filter"]["name"], spec["filter"])
     objective = spec.get("objective") or {"name": "clip"}
     modules += _declared("objective", objective.get("name", "clip"), objective)
     for entry in spec.get("evaluate", []):
@@ -202,6 +214,7 @@ class Prepared:
                                  "(import clipguard.attacks to register the attacks)")
             self.train_data, self.info = POISONERS[kind](self.clean, poison, {"spec": spec, "test": self.test})
         self._parent: Prepared | None = None
+        self.filter_info: dict = {}
 
     @property
     def attack_info(self) -> dict:
@@ -216,6 +229,22 @@ class Prepared:
         view = copy.copy(self)
         view.info = self.attack_info
         return view
+
+    def apply_filter(self, keep: torch.Tensor, info: dict) -> None:
+        """Train on the rows ``keep`` marks only (``is_poison`` follows); ``info`` joins the poison info
+        (``filter_*`` metrics: pairs and poisons removed)."""
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        if len(keep) != len(self.train_data):
+            raise ValueError(f"filter mask has {len(keep)} rows, the training set {len(self.train_data)}")
+        rows = keep.nonzero().flatten()
+        self.train_data = self.train_data.subset(rows, name=f"{self.train_data.name}-filtered")
+        poison = self.info.get("is_poison")
+        removed = {"filter_removed": int((~keep).sum())}
+        if poison is not None:
+            removed["filter_poisons_removed"] = int((poison & ~keep).sum())
+            removed["filter_poisons_left"] = int((poison & keep).sum())
+            self.info["is_poison"] = poison[rows]
+        self.filter_info = {**removed, **info}
 
     def fingerprints(self) -> dict[str, str]:
         out = {"train": self.train_data.fingerprint(), "test": self.test.fingerprint()}
@@ -376,6 +405,7 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
     for k, value in prepared.info.items():
         if isinstance(value, (int, float, str)):
             metrics[f"poison_{k}"] = value
+    metrics.update(prepared.filter_info)
     if rank != 0:  # under torchrun only the first process evaluates
         return model, metrics
     evaluation = prepared.for_evaluation()
@@ -399,7 +429,14 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     started = time.perf_counter()
     show = progress and not progress_log.under_runner()
     parent = run(spec["init"], store, progress=progress) if spec.get("init") else None
+    scored = run(spec["filter"]["by"], store, progress=progress) if spec.get("filter") else None
     prepared = Prepared(spec)
+    if scored is not None:
+        load_plugins()
+        name = spec["filter"]["name"]
+        if name not in FILTERS:
+            raise ValueError(f"unknown filter {name!r}; registered: {sorted(FILTERS)}")
+        prepared.apply_filter(*FILTERS[name](prepared, spec["filter"], scored, store))
     load_plugins()
     for entry in spec.get("evaluate", []):
         name, _ = _evaluator_name(entry)
@@ -409,7 +446,7 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     def train_fn(work: Path):
         return execute(spec, prepared, work, parent, progress=show)
 
-    result = store.get_or_train(train_fn=train_fn, force=force, **_key(spec, prepared, parent))
+    result = store.get_or_train(train_fn=train_fn, force=force, **_key(spec, prepared, parent, scored))
     seconds = time.perf_counter() - started
     progress_log.report_run(describe(spec), "trained" if result.trained_since(seconds) else "reused", seconds)
     return result
@@ -422,11 +459,16 @@ def describe(spec: dict) -> str:
     if attack == "backdoor":
         attack = f"backdoor {(poison.get('trigger') or {}).get('name', '')}".strip()
     label = f"{(spec.get('objective') or {}).get('name', 'clip')}, {attack}, seed {spec.get('model_seed', 0)}"
+    if spec.get("filter"):
+        label += f", {spec['filter'].get('detector', spec['filter']['name'])} filter {spec['filter'].get('fraction', '')}"
     return f"{label} <- {describe(spec['init'])}" if spec.get("init") else label
 
 
-def _key(spec: dict, prepared: Prepared, parent: Run | None) -> dict:
+def _key(spec: dict, prepared: Prepared, parent: Run | None, scored: Run | None = None) -> dict:
+    """The run store key: the spec with its parent run (``init``) and scoring run (``filter.by``) named by id."""
     config = {**spec, "init": {"run": parent.id}} if parent is not None else spec
+    if scored is not None:
+        config = {**config, "filter": {**spec["filter"], "by": {"run": scored.id}}}
     return {"config": config, "data": prepared.fingerprints(), "code": code_key(spec), "environment": _backend(spec)}
 
 
