@@ -4,7 +4,11 @@ buffering, errors naming shard and key, resumable training, poisoned shards with
 import importlib.util
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +240,48 @@ def test_scripts_export_shards_with_the_same_keys_and_poison_them(tmp_path, caps
     assert poison.main([str(tmp_path / "shards"), str(tmp_path / "other"), "--seed", "0", "--spec",
                         '{"kind": "targeted"}']) == 1
     assert "backdoor poisons only" in capsys.readouterr().out
+
+
+DDP_SCRIPT = """
+import datetime, json, sys
+import torch, torch.distributed as dist
+from clipguard import shards
+from clipguard.models import build_model
+from clipguard.train import TrainConfig
+
+folder, out = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))  # a rank out of step fails
+rank = dist.get_rank()
+stream = shards.ShardStream(folder, seed=0, rank=rank, world_size=2, shuffle_buffer=8)
+config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, warmup_steps=1, device="cpu", amp=False, progress=False)
+result = shards.train_streaming(build_model("clipguard-tiny", seed=0), stream, config, out + "/run")
+torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
+json.dump(result.epochs(), open(f"{out}/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_ranks_with_uneven_shards_stay_in_step(tmp_path):
+    """3 shards over 2 gloo ranks: 32 and 16 pairs, 8 per rank per step. Epochs end when rank 1 runs out (2 steps);
+    without that rule rank 0 would wait forever in the all-gather of a third step."""
+    write_shards(tmp_path / "shards", n_shards=3)
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(tmp_path / "ddp.py"), str(tmp_path / "shards"), str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True,
+                               env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        _, stderr = process.communicate(timeout=400)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # torchrun and its workers
+            process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    epochs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [e["steps"] for e in epochs[0]] == [e["steps"] for e in epochs[1]] == [2, 2]
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
