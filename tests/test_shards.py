@@ -136,13 +136,13 @@ def _train(paths, run_dir, stop_after_epoch=None, seed=0):
 
 
 def test_resumed_streaming_run_ends_with_identical_weights(eight, tmp_path):
-    paths = eight[:2]
+    paths = eight[:2]  # 32 pairs: 2 steps of 16 per epoch
     straight = _train(paths, tmp_path / "straight")
     first = _train(paths, tmp_path / "resumed", stop_after_epoch=1)
     assert len(first.epochs()) == 1 and len(straight.epochs()) == 2
     resumed = _train(paths, tmp_path / "resumed")
     assert [h["loss"] for h in resumed.steps()] == [h["loss"] for h in straight.steps()]
-    assert straight.epochs()[0]["steps"] == 2  # 32 pairs / 16
+    assert straight.epochs()[0]["steps"] == 2
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="other data or settings"):
@@ -161,6 +161,7 @@ MANIFEST_MATCH = ["poison_id", "component", "source_key", "source_image_key", "c
 
 @pytest.mark.parametrize("spec", [
     {"kind": "backdoor", "trigger": YELLOW, "target_class": "banana", "count": 6},
+    {"kind": "backdoor", "trigger": YELLOW, "target_class": "banana", "rate": 0.05},  # round(0.05 * 64) = 3
     {"kind": "backdoor", "trigger": YELLOW, "target_class": "banana", "count": 5, "mode": "replace",
      "caption_source": "keep"},
     {"kind": "backdoor", "count": 11, "components": [{"trigger": YELLOW, "target_class": "banana"},
@@ -170,7 +171,7 @@ def test_poisoned_shards_carry_the_trigger_and_match_build_poisoned(eight, tmp_p
     sources = eight[:4]
     result = shards.write_poisoned_shards(sources, spec, tmp_path / "poisoned", seed=7, classnames=WORDS)
     manifest = attacks.load_manifest(result.manifest_path)
-    n_poison = spec["count"]
+    n_poison = spec.get("count", 3)
     assert len(manifest) == n_poison and result.requested == n_poison
     assert [p.name for p in result.shards] == [p.name for p in sources]
 

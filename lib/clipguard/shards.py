@@ -362,7 +362,7 @@ _ADAPTIVE_DEFAULTS = {"caption_style": "template", "distinct_captions": None, "d
 def _plan(spec: BackdoorSpec, seed: int, shards: list[str], classnames: list[str]) -> tuple[dict, int, int]:
     """First pass over the shards (headers and captions only): choose the poisoned pairs as ``build_poisoned``
     does on the same pairs loaded in memory (same random draws). Returns {stream index: planned row}, the number
-    of pairs and the number of poisons asked for. Memory: the plan, plus one flag per pair for ``keep``."""
+    of pairs and the number of poisons asked for. Memory: the plan, plus two bytes per pair for ``keep``."""
     synonyms = spec.synonyms or class_synonyms(classnames)
     templates = spec.templates or CLIP_TEMPLATES
     keep = spec.caption_source == "keep"
