@@ -4,10 +4,15 @@ Image policy (RoCLIP's ``--cross_aug`` and SafeCLIP's views): horizontal flip ->
 jitter (p = 0.8) -> grayscale (p = 0.2) -> Gaussian blur, on float images in [0, 1] (``[C,H,W]`` or ``[B,C,H,W]``).
 Two engines give the same distribution:
 
-* ``"batched"`` (default): every parameter is drawn from the caller's ``torch.Generator`` (global RNG untouched)
-  and flip, jitter, grayscale and blur run on the whole batch at once; only the resize of each crop is per image.
-  Each step reproduces the corresponding torchvision v2 kernel (``tests/test_augment_image.py`` checks this against
-  ``torchvision.transforms.v2.functional`` image by image).
+* ``"batched"`` (default): every parameter is drawn from the caller's ``torch.Generator`` (global RNG untouched),
+  then the whole batch is transformed at once: flip and resized crop as two batched matrix products with the
+  antialiased bilinear weights, colour jitter as one blend per step (hue only on the images whose step it is),
+  grayscale as a select, blur as one grouped convolution. Each step reproduces the corresponding torchvision v2
+  kernel to float rounding (``tests/test_augment_image.py`` checks this against
+  ``torchvision.transforms.v2.functional`` image by image). This engine replaced one that resized each crop
+  separately: same parameters from the same seed, pixels within ~5e-6 of it (float rounding, and no hue round trip
+  when the policy's hue strength is 0, which ColorJitter skips too), so seeded runs differ from earlier ones in
+  the last bits.
 * ``"torchvision"``: the literal ``torchvision.transforms.v2`` pipeline applied image by image, its global-RNG draws
   confined by :func:`torch.random.fork_rng` and seeded per image from the generator (slower: one Python call chain
   per image).
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -231,95 +237,144 @@ def sample_image_params(n: int, height: int, width: int, policy: ImagePolicy, ge
             "sigma": sigma, "side": torch.tensor(side)}
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """[N,3,H,W] -> [N,1,H,W] luma (torchvision weights); [N,1,H,W] unchanged."""
+@lru_cache(maxsize=8)
+def _resample_table(size: int, out: int) -> torch.Tensor:
+    """``[size + 1, out, size]``: entry L resizes a window of L pixels (taps 0..L-1) to ``out`` pixels with
+    antialiased bilinear interpolation, the weights of PyTorch's ``_upsample_bilinear2d_aa`` (what torchvision's
+    ``resized_crop(..., antialias=True)`` runs): a triangle filter of half-width max(1, L / out) around each output
+    pixel's centre, truncated to the window as the kernel truncates it, normalised to sum 1."""
+    length = torch.arange(size + 1, dtype=torch.float64).view(-1, 1, 1)
+    scale = length / out
+    support = scale.clamp(min=1.0)
+    centre = scale * (torch.arange(out, dtype=torch.float64).view(1, -1, 1) + 0.5)
+    first = (centre - support + 0.5).trunc().clamp(min=0)
+    stop = torch.minimum((centre + support + 0.5).trunc(), length)
+    tap = torch.arange(size, dtype=torch.float64).view(1, 1, -1)
+    weights = (1 - ((tap - centre + 0.5) / support).abs()).clamp(min=0)
+    weights = torch.where((tap >= first) & (tap < stop), weights, 0.0)
+    total = weights.sum(dim=2, keepdim=True)
+    return (weights / torch.where(total == 0, 1.0, total)).float()
+
+
+def _resample_weights(start: torch.Tensor, length: torch.Tensor, size: int, out: int, mirrored: torch.Tensor
+                      ) -> torch.Tensor:
+    """``[n, out, size]`` weights that resize the window ``[start, start + length)`` of each image's rows (or
+    columns) of ``size`` pixels to ``out`` pixels; ``mirrored`` images are read flipped (a flip before the crop)."""
+    pixel = torch.arange(size).expand(len(start), size)
+    pixel = torch.where(mirrored.view(-1, 1), size - 1 - pixel, pixel)
+    tap = pixel - start.view(-1, 1)  # position inside the window
+    weights = _resample_table(size, out)[length].gather(2, tap.clamp(0, size - 1).unsqueeze(1).expand(-1, out, -1))
+    return weights * (tap >= 0).unsqueeze(1)  # taps past the window's end have weight 0 in the table
+
+
+def _flip_and_resized_crop(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, side: int) -> torch.Tensor:
+    """Horizontal flip then resized crop of every image, as two batched matrix products (rows, then columns)."""
+    n, channels, height, width = x.shape
+    top, left, h, w = box.unbind(dim=1)
+    rows = _resample_weights(top, h, height, side, torch.zeros_like(flip)).to(x.device)  # [n, side, H]
+    columns = _resample_weights(left, w, width, side, flip).to(x.device)  # [n, side, W]
+    by_row = x.transpose(1, 2).reshape(n, height, channels * width)
+    by_row = torch.bmm(rows, by_row).view(n, side, channels, width).transpose(1, 2)  # [n, C, side, W]
+    out = torch.bmm(by_row.reshape(n, channels * side, width), columns.transpose(1, 2))
+    return out.view(n, channels, side, side)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] -> [N,1,H,W] luma as torchvision's rgb_to_grayscale computes it; [N,1,H,W] unchanged."""
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(dim=1)
-    return (r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]).unsqueeze(1)
+    return r.mul(_GRAY_WEIGHTS[0]).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
-def _blend(x: torch.Tensor, y: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    ratio = ratio.view(-1, 1, 1, 1)
-    return (x * ratio + y * (1 - ratio)).clamp_(0, 1)
-
-
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
-
-
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return x if x.shape[1] == 1 else _blend(x, _gray(x), f)
+_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)  # n of the red, green and blue channels
 
 
 def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Shift hue by ``f`` (fraction of a turn, per image) in HSV space, as torchvision's adjust_hue."""
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x.unbind(dim=1)
-    minc, v = torch.aminmax(x, dim=1)
-    c = v - minc
-    flat = c == 0
-    safe_c = torch.where(flat, torch.ones_like(c), c)
-    s = c / torch.where(flat, torch.ones_like(v), v)
-    # hue sector by the maximal channel, red first, then green (torchvision's tie order)
-    h = torch.where(v == r, ((g - b) / safe_c) % 6,
-                    torch.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h = torch.where(flat, torch.zeros_like(h), h) / 6
-    h = (h + f.view(-1, 1, 1)) % 1.0
-    # back to RGB: channel n in (5, 3, 1) for (r, g, b): v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
-    h6 = h * 6
-    vs = v * s
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = (n + h6) % 6
-        out.append(v - vs * torch.minimum(k, 4 - k).clamp(0, 1))
-    return torch.stack(out, dim=1).clamp_(0, 1)
+    """Rotate the hue of ``[N,3,H,W]`` images by ``f`` turns (one per image) in the HSV hexcone, as torchvision's
+    adjust_hue: keep value v = max and chroma c = max - min, shift the hue h (in sixths of a turn) and rebuild each
+    channel as ``v - c * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + h) mod 6``, n = 5, 3, 1 for r, g, b."""
+    v, largest = x.max(dim=1)  # ties go to the first channel: red, then green (torchvision's order)
+    c = v - x.amin(dim=1)
+    inverse = torch.where(c == 0, 1.0, c).reciprocal_()
+    # h = (next channel - the one after) / c + 2 x (index of the largest channel): (g-b)/c, (b-r)/c + 2, (r-g)/c + 4
+    differences = x.roll(-1, dims=1) - x.roll(-2, dims=1)
+    h = differences.gather(1, largest.unsqueeze(1)).squeeze(1).mul_(inverse).add_(largest, alpha=2)
+    k = (h.add_(6 * f.view(-1, 1, 1)).unsqueeze(1) + _HUE_OFFSETS.to(x.device)).remainder_(6)
+    return v.unsqueeze(1) - c.unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
-_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)  # torchvision's ColorJitter numbering (``order``)
+
+
+def _jitter_enabled(policy: ImagePolicy, channels: int) -> torch.Tensor:
+    """Which of the four operations run: torchvision's ColorJitter skips one whose strength is 0 (its factor
+    range is the single neutral value); saturation and hue leave one-channel images alone."""
+    return torch.tensor([policy.brightness > 0, policy.contrast > 0, policy.saturation > 0 and channels == 3,
+                         policy.hue > 0 and channels == 3])
+
+
+def _color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, policy: ImagePolicy) -> torch.Tensor:
+    """ColorJitter on every image, each applying the four operations in its own ``order`` with its ``factors``.
+
+    At step s every image runs its s-th operation: brightness, contrast and saturation are one blend for the whole
+    batch, ``lerp(reference, x, factor)`` with reference 0, the mean luma or the luma image (factor 1 leaves an
+    image as it is); hue runs on the images whose s-th operation it is."""
+    device = x.device
+    enabled = _jitter_enabled(policy, x.shape[1])
+    op = torch.where(enabled[order], order, -1)  # [n, 4]: the operation of each step, -1 for none
+    blend = (op >= 0) & (op != _HUE)
+    factor = torch.where(blend, factors.gather(1, op.clamp(min=0)), 1.0).to(device)
+    contrast, saturation, hue = op == _CONTRAST, op == _SATURATION, op == _HUE
+    blend_steps, luma_steps, hue_steps = (m.any(dim=0).tolist() for m in (blend, contrast | saturation, hue))
+    contrast, saturation = contrast.float().to(device), saturation.float().to(device)
+    for step in range(4):
+        if blend_steps[step]:
+            reference = torch.zeros((), device=device)
+            if luma_steps[step]:
+                luma = _luma(x)
+                mean = luma.mean(dim=(1, 2, 3), keepdim=True)
+                reference = torch.addcmul(mean * contrast[:, step].view(-1, 1, 1, 1), luma,
+                                          saturation[:, step].view(-1, 1, 1, 1))
+            x = torch.lerp(reference, x, factor[:, step].view(-1, 1, 1, 1)).clamp_(0, 1)
+        if hue_steps[step]:
+            rows = hue[:, step].nonzero().squeeze(1)
+            shifted = _hue(x.index_select(0, rows.to(device)), factors[rows, _HUE].to(device))
+            x = x.index_copy(0, rows.to(device), shifted)
+    return x
 
 
 def _gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma, reflect padding (torchvision's gaussian_blur)."""
-    half = (kernel - 1) / 2
-    offsets = torch.linspace(-half, half, kernel, device=x.device)
-    weights = torch.exp(-0.5 * (offsets / sigma.to(x.device).view(-1, 1)) ** 2)
-    weights = weights / weights.sum(dim=1, keepdim=True)  # [N, k]
+    """Gaussian blur with a per-image sigma, reflect padding: torchvision's gaussian_blur kernel (softmax of the
+    squared offsets over sigma, outer product, grouped convolution) with one group per image and channel."""
+    n, channels, height, width = x.shape
+    limit = (kernel - 1) / (2.0 * math.sqrt(2.0))
+    offsets = torch.linspace(-limit, limit, kernel, device=x.device)
+    weights = torch.softmax(-(offsets / sigma.to(x.device).view(-1, 1)) ** 2, dim=1)  # [n, k]
+    weights = (weights.unsqueeze(2) * weights.unsqueeze(1)).repeat_interleave(channels, dim=0).unsqueeze(1)
     pad = kernel // 2
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    rows = sum(weights[:, j].view(-1, 1, 1, 1) * padded[..., j:j + height, :] for j in range(kernel))
-    return sum(weights[:, j].view(-1, 1, 1, 1) * rows[..., :, j:j + width] for j in range(kernel))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(1, n * channels, height + 2 * pad, width + 2 * pad)
+    return F.conv2d(padded, weights, groups=n * channels).view(n, channels, height, width)
 
 
 def apply_image_params(batch: torch.Tensor, params: dict[str, torch.Tensor], policy: ImagePolicy) -> torch.Tensor:
-    """Apply drawn parameters to float images ``[B,C,H,W]`` in [0, 1] (batched except the crop resize)."""
-    device = batch.device
+    """Apply drawn parameters to float images ``[B,C,H,W]`` in [0, 1] (C = 1 or 3), the whole batch at once:
+    flip and resized crop as two batched matrix products, colour jitter and grayscale as batched arithmetic, blur
+    as one grouped convolution."""
+    if batch.ndim != 4 or batch.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [B,C,H,W] with 1 or 3 channels, got shape {tuple(batch.shape)}")
     side = int(params["side"])
-    flip = params["flip"].to(device).view(-1, 1, 1, 1)
-    x = torch.where(flip, batch.flip(-1), batch)
-    # crop and resize image by image (boxes differ); F.interpolate is what TF.resized_crop calls on float tensors
-    x = torch.cat([F.interpolate(image[None, :, top:top + h, left:left + w], size=(side, side), mode="bilinear",
-                                 align_corners=False, antialias=True)
-                   for image, (top, left, h, w) in zip(x, params["box"].tolist())])
-    jitter = params["jitter"]
-    if bool(jitter.any()):
-        factors = params["factors"].to(device)
-        order = params["order"]
-        for position in range(4):
-            for op_index, op in enumerate(_JITTER_OPS):
-                rows = (jitter & (order[:, position] == op_index)).nonzero().squeeze(1)
-                if len(rows):
-                    rows = rows.to(device)
-                    x[rows] = op(x[rows], factors[rows, op_index])
-    gray = params["gray"].to(device)
+    x = _flip_and_resized_crop(batch, params["box"], params["flip"], side)
+    rows = params["jitter"].nonzero().squeeze(1)  # jitter only the images drawn for it
+    if len(rows) == len(x):
+        x = _color_jitter(x, params["order"], params["factors"], policy)
+    elif len(rows):
+        jittered = _color_jitter(x.index_select(0, rows.to(x.device)), params["order"][rows], params["factors"][rows],
+                                 policy)
+        x = x.index_copy(0, rows.to(x.device), jittered)
+    gray = params["gray"]
     if bool(gray.any()) and x.shape[1] == 3:
-        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = torch.where(gray.to(x.device).view(-1, 1, 1, 1), _luma(x), x)
     return _gaussian_blur(x, policy.kernel_size(side), params["sigma"])
 
 
