@@ -216,3 +216,40 @@ def _text_digest(texts):
 def test_pinned_caption_outputs(wordnet, resample, expected):
     augmenter = A.CaptionAugmenter(seed=3, resample=resample, eda=A.EDA(wordnet=wordnet))
     assert _text_digest(augmenter(PIN_CAPTIONS, 2, PIN_ROWS)) == expected
+
+
+@pytest.mark.parametrize("resample", [True, False])
+@pytest.mark.parametrize("background", [False, True])
+def test_prepared_epoch_gives_the_same_captions(wordnet, resample, background):
+    captions = CAPTIONS * 5
+    direct = A.CaptionAugmenter(seed=2, resample=resample, eda=A.EDA(wordnet=wordnet))
+    prepared = A.CaptionAugmenter(seed=2, resample=resample, eda=A.EDA(wordnet=wordnet))
+    for epoch in (1, 2):
+        prepared.prepare_epoch(captions, epoch, background=background)
+        for rows in (torch.tensor([4, 0, 17, 29]), [3, 3, 8]):
+            batch = [captions[i] for i in rows]
+            assert prepared(batch, epoch, rows) == direct(batch, epoch, rows)
+    # a batch whose captions differ from the prepared rows is augmented on the spot, as without preparation
+    assert prepared(["a photo of a bag"], 2, [0]) == direct(["a photo of a bag"], 2, [0])
+
+
+def test_prepared_epochs_are_looked_up_and_bounded(wordnet):
+    augmenter = A.CaptionAugmenter(seed=0, eda=A.EDA(wordnet=wordnet))
+    for epoch in (1, 2, 3):
+        augmenter.prepare_epoch(CAPTIONS, epoch)
+    assert sorted(augmenter._prepared) == [2, 3]  # the two most recent
+    source, augmented = augmenter._prepared[3]
+    augmented[1] = "planted"  # the step reads the prepared sentence, it does not recompute it
+    assert augmenter(CAPTIONS[:2], 3, [0, 1])[1] == "planted"
+
+
+def test_caption_augmenter_copies_without_its_worker():
+    import copy
+    import pickle
+
+    augmenter = A.CaptionAugmenter(seed=4, eda=A.EDA(wordnet=StubWordNet()))
+    augmenter.prepare_epoch(CAPTIONS, 1, background=True)
+    clone = copy.deepcopy(augmenter)  # the settings and the memo travel, the worker thread and its results do not
+    assert clone._prepared == {} and clone(CAPTIONS, 1) == augmenter(CAPTIONS, 1)
+    restored = pickle.loads(pickle.dumps(augmenter))
+    assert restored == augmenter and restored(CAPTIONS, 2) == augmenter(CAPTIONS, 2)

@@ -15,7 +15,10 @@ import hashlib
 import json
 import random
 import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -262,7 +265,9 @@ class CaptionAugmenter:
     """Training hook ``text_augment(captions, epoch, indices)`` of :class:`clipguard.train.ClipObjective`.
 
     ``resample=True`` draws a new EDA sentence every epoch; ``False`` fixes one per caption row (released code),
-    memoised in memory and optionally on disk (``cache_dir``)."""
+    memoised in memory and optionally on disk (``cache_dir``). :meth:`prepare_epoch` augments a whole epoch ahead
+    of the training steps (in a worker thread if asked), which then only look their batch up; the sentences are the
+    same either way (each is a function of seed, epoch, row and caption only)."""
 
     seed: int = 0
     resample: bool = True
@@ -271,6 +276,52 @@ class CaptionAugmenter:
 
     def __post_init__(self) -> None:
         self._fixed: dict[tuple[int, str], str] = {}
+        self._prepared: dict[int | None, tuple[list[str], list[str]] | Future] = {}  # epoch -> (captions, EDA)
+        self._worker: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # one thread at a time in EDA: NLTK's WordNet reader shares file handles
+
+    def __getstate__(self) -> dict:  # copies and pickles carry the settings and memo, not the worker
+        state = dict(self.__dict__)
+        state.update(_prepared={}, _worker=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def _epoch_key(self, epoch: int | None) -> int | None:
+        return int(epoch) if self.resample and epoch is not None else None
+
+    def prepare_epoch(self, captions: Sequence[str], epoch: int, background: bool = False) -> None:
+        """Augment every caption of ``epoch`` at once (``captions[i]`` is dataset row i, as ``indices`` count
+        them), so that the training steps of that epoch only look their batch up. ``background=True`` computes
+        in a worker thread and returns at once (e.g. the next epoch's captions while this epoch trains); a step
+        that needs them waits for it. The two most recently prepared epochs are kept."""
+        key = self._epoch_key(epoch)
+        if key in self._prepared:
+            return
+        job = partial(self._augment_rows, list(captions), key)
+        if background:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipguard-eda")
+            self._prepared[key] = self._worker.submit(job)
+        else:
+            self._prepared[key] = job()
+        while len(self._prepared) > 2:
+            del self._prepared[next(iter(self._prepared))]
+
+    def _augment_rows(self, captions: list[str], epoch: int | None) -> tuple[list[str], list[str]]:
+        with self._lock:
+            return captions, augment_captions(captions, self.seed, epoch, range(len(captions)), self.eda,
+                                              self.cache_dir)
+
+    def _lookup(self, captions: Sequence[str], epoch: int | None, indices: Sequence[int]) -> list[str] | None:
+        prepared = self._prepared.get(self._epoch_key(epoch))
+        if prepared is None:
+            return None
+        source, augmented = prepared.result() if isinstance(prepared, Future) else prepared
+        if not all(0 <= i < len(source) and source[i] == c for i, c in zip(indices, captions)):
+            return None  # other captions than the prepared ones: augment them here
+        return [augmented[i] for i in indices]
 
     def __call__(self, captions: Sequence[str], epoch: int, indices: Sequence[int] | torch.Tensor | None = None
                  ) -> list[str]:
@@ -278,13 +329,16 @@ class CaptionAugmenter:
             indices = range(len(captions))
         elif isinstance(indices, torch.Tensor):
             indices = indices.tolist()
-        if self.resample:
-            return augment_captions(captions, self.seed, epoch, indices, self.eda, self.cache_dir)
-        missing = [(i, c) for i, c in zip(indices, captions) if (i, c) not in self._fixed]
-        if missing:
-            rows, texts = zip(*missing)
-            for row, text, augmented in zip(rows, texts,
-                                             augment_captions(texts, self.seed, None, rows, self.eda, self.cache_dir)):
-                self._fixed[(row, text)] = augmented
-        return [self._fixed[(i, c)] for i, c in zip(indices, captions)]
-
+        prepared = self._lookup(captions, epoch, indices)
+        if prepared is not None:
+            return prepared
+        with self._lock:
+            if self.resample:
+                return augment_captions(captions, self.seed, epoch, indices, self.eda, self.cache_dir)
+            missing = [(i, c) for i, c in zip(indices, captions) if (i, c) not in self._fixed]
+            if missing:
+                rows, texts = zip(*missing)
+                for row, text, augmented in zip(rows, texts, augment_captions(texts, self.seed, None, rows, self.eda,
+                                                                              self.cache_dir)):
+                    self._fixed[(row, text)] = augmented
+            return [self._fixed[(i, c)] for i, c in zip(indices, captions)]
