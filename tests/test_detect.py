@@ -118,7 +118,7 @@ def test_knn_exact_far_from_the_origin(offset):
     assert np.linalg.norm(x, axis=1).mean() / np.sort(d, 1)[:, 16].mean() > offset / 10   # the hard regime
     nb = knn(x, k=17, chunk_size=512, ref_chunk_size=512)
     assert _recall(nb.indices, truth) == 1.0
-    np.testing.assert_allclose(nb.distances, np.take_along_axis(d, nb.indices, 1), rtol=1e-12)
+    np.testing.assert_allclose(nb.distances, np.take_along_axis(d, nb.indices, 1), rtol=1e-6)   # fp32 rows
 
 
 @pytest.mark.parametrize("separation, dtype", [(1e4, np.float32), (1e9, np.float64)])
@@ -138,6 +138,38 @@ def test_knn_certificate_falls_back_when_centring_is_not_enough(separation, dtyp
     ex = truth[:40, :1]
     sub = knn(x[:40], x, k=4, exclude=np.c_[np.arange(40), ex[:, 0]])
     assert _recall(sub.indices, truth[:40, 1:5]) == 1.0
+
+
+@pytest.mark.parametrize("exclude", ["self", "partner"])
+def test_symmetric_search_equals_one_sided_and_cdist(exclude):
+    """The symmetric search (upper-triangle blocks, rows and columns updated) finds exactly the neighbours of the
+    one-sided search and of float64 torch.cdist; 600 points (not a multiple of the block or group size) in
+    blocks of 96 exercise the cluster ordering, padding and the threshold filter."""
+    x, _ = _planted(n=600, d=12)
+    x[7] = x[3]
+    x[8] = x[3]                                              # a triple of identical points
+    n = len(x)
+    ex = "self" if exclude == "self" else np.stack([np.arange(n), np.arange(n) ^ 1], 1)   # own caption-like pairs
+    sym = knn(x, k=7, exclude=ex, chunk_size=96, symmetric=True)
+    one = knn(x, k=7, exclude=ex, chunk_size=96, ref_chunk_size=80, symmetric=False)
+    np.testing.assert_array_equal(sym.indices, one.indices)
+    np.testing.assert_array_equal(sym.distances, one.distances)
+    _, d = _cdist_knn(x, 7)
+    if exclude == "partner":
+        d[np.arange(n), np.arange(n) ^ 1] = np.inf
+    truth = np.argsort(d, 1, kind="stable")[:, :7]
+    assert _same_sets(sym.indices, truth, np.take_along_axis(d, truth, 1))
+    assert _recall(sym.indices[9:], truth[9:]) == 1.0       # rows without ties at the k-th distance
+    np.testing.assert_allclose(sym.distances, np.take_along_axis(d, truth, 1), rtol=1e-6)
+    assert (sym.distances[3, :2] == 0).all()
+    # asymmetric exclusions cannot use the symmetric search
+    one_way = np.stack([np.arange(n), (np.arange(n) + 1) % n], 1)
+    with pytest.raises(ValueError, match="symmetric"):
+        knn(x, k=3, exclude=one_way, symmetric=True)
+    auto = knn(x, k=3, exclude=one_way, chunk_size=96)
+    d[:] = _cdist_knn(x, 3)[1]
+    d[np.arange(n), (np.arange(n) + 1) % n] = np.inf
+    assert _same_sets(auto.indices, np.argsort(d, 1, kind="stable")[:, :3], np.sort(d, 1)[:, :3])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -4,6 +4,12 @@ Exact search is written by hand because no installed library gives blocked GEMM 
 (self, own caption) on CPU and CUDA with bounded memory: scikit-learn's brute force has no per-row exclusion
 lists and faiss has no CUDA here. Approximate search wraps faiss (HNSW or IVF) in the same output format.
 
+Exact search (:func:`knn`): data centred on the reference mean; blocked fp32 GEMM of squared distances; running
+lists of ``k + margin`` candidates fed through a threshold filter (group minima of each block); for a set against
+itself, only the blocks on and above the diagonal (each pair computed once, rows and columns updated) in a
+k-means order of the points; then float64-accurate distances of the candidates and a per-row certificate from a
+rigorous bound on the GEMM's rounding (rows that fail are searched again in float64).
+
 Conventions: Euclidean distance, or cosine distance ``1 - cos(q, r)`` (computed as ``||q̂ - r̂||² / 2`` on
 L2-normalised rows, scikit-learn's ``metric="cosine"``). Excluded reference points are removed *by index*, never
 by distance, so an exact duplicate of a query is a legitimate neighbour at distance 0.
@@ -90,17 +96,26 @@ def _exclusions(exclude, n_query: int, n_ref: int, same: bool) -> np.ndarray | N
     return ex
 
 
-def _refine(Q: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, metric: str) -> np.ndarray:
-    """Distances of the selected pairs recomputed from coordinate differences in float64 (exact for float32 inputs
-    up to fp64 rounding; duplicates give exactly 0, where the GEMM expansion leaves rounding noise of order
-    sqrt(eps)·||x||). Returns ``[rows, K]`` float64, unsorted."""
-    q, r = Q.double(), R.index_select(0, idx.reshape(-1)).view(*idx.shape, R.shape[1]).double()
+def _refine(Q: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, metric: str, dtype=None) -> np.ndarray:
+    """Distances of the selected pairs ``[rows, K]`` (float64, unsorted) recomputed from coordinate differences in
+    ``dtype`` (default: the input's), without the GEMM expansion: duplicates give exactly 0 (the expansion leaves
+    rounding noise of order sqrt(eps)·||x||) and the relative error is that of the dtype."""
+    dtype = dtype or Q.dtype
+    q, r = Q.to(dtype), R.index_select(0, idx.reshape(-1)).view(*idx.shape, R.shape[1]).to(dtype)
     if metric == "cosine":   # normalise from the raw rows
         q, r = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(r, dim=-1)
-    dist = torch.linalg.vector_norm(q[:, None, :] - r, dim=-1)
+    dist = torch.cdist(q[:, None, :], r, compute_mode="donot_use_mm_for_euclid_dist")[:, 0].double()
     if metric == "cosine":
         dist = dist * dist / 2
     return dist.cpu().numpy()
+
+
+def _refine_tolerance(dtype: torch.dtype, dim: int) -> float:
+    """Bound on the relative error of :func:`_refine`'s squared distances (rounded differences, then a sum of
+    ``dim`` squares), doubled; 0 for float64 (taken as exact)."""
+    if dtype == torch.float64:
+        return 0.0
+    return 2 * (dim + 2) * torch.finfo(dtype).eps / 2
 
 
 def _prepare(query, reference, metric, device, dtype):
@@ -141,14 +156,15 @@ def _centred(Q0, R0, same, metric, dtype, step: int = 16384):
     return Q, R, q_norm, r_norm
 
 
-def _balanced(n: int, chunk: int, align: int = 256) -> int:
+def _balanced(n: int, chunk: int, align: int = 256, multiple: int = 1) -> int:
     """Near-equal chunks of at most ``chunk`` rows, rounded up to a multiple of ``align``: 10,000 = 2 x 5,120 rather
-    than 8,192 + 1,808; unaligned block widths (e.g. 13,334 columns) measured ~1.5x slower in ``torch.mm``."""
+    than 8,192 + 1,808; unaligned block widths (e.g. 13,334 columns) measured ~1.5x slower in ``torch.mm``. Small
+    chunks (tests) are only rounded up to a multiple of ``multiple``."""
     parts = max(1, -(-n // chunk))
     size = -(-n // parts)
-    if chunk < align:        # small chunks (tests): no alignment
-        return size
-    return min(-(-size // align) * align, chunk)
+    if chunk < align:
+        return -(-size // multiple) * multiple
+    return min(-(-size // align) * align, -(-chunk // align) * align)
 
 
 def _augmented(X: torch.Tensor, norms: torch.Tensor, side: str) -> torch.Tensor:
@@ -172,38 +188,188 @@ def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def _candidates(Q, R, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size):
+#: Threshold filter granularity: a block is scanned as the minima of groups of GROUP strided entries per row (and
+#: per column); only groups whose minimum beats the current k-th candidate distance are opened.
+GROUP = 16
+
+
+class _Lists:
+    """Running candidate lists of every point: ``values`` ``[n, K]`` (approximate squared distances, ascending,
+    +inf = empty) and ``indices``; ``values[:, -1]`` is the threshold a new candidate must beat.
+
+    A block is read through the minima of groups of ``GROUP`` strided entries per row (``update_rows``) or per
+    column (``update_columns``): a list's K best entries in the block lie in the (at most K) groups of smallest
+    minimum, and only groups whose minimum beats the list's threshold can improve it, so each list opens
+    ``min(K, groups below its threshold)`` groups and merges those ``GROUP``-entry groups with ``topk``. Lists
+    with nothing below their threshold are skipped; no sort and no full-width ``topk`` of the block."""
+
+    def __init__(self, n: int, K: int, dtype, device):
+        self.values = torch.full((n, K), float("inf"), dtype=dtype, device=device)
+        self.indices = torch.full((n, K), -1, dtype=torch.int64, device=device)
+        self.K = K
+
+    def _merge(self, points: torch.Tensor, values: torch.Tensor, indices: torch.Tensor) -> None:
+        """Lists ``points`` merged with their candidates ``[len(points), m]``."""
+        v = torch.cat([self.values[points], values], 1)
+        v, pos = v.topk(self.K, dim=1, largest=False, sorted=True)
+        self.indices[points] = torch.cat([self.indices[points], indices], 1).gather(1, pos)
+        self.values[points] = v
+
+    def _open(self, start: int, minima: torch.Tensor, gather) -> None:
+        """Lists ``start + i`` with group minima ``minima[i]`` below their threshold open their smallest-minimum
+        groups; ``gather(local ids, groups)`` returns the groups' entries and neighbour ids ``[n, m * GROUP]``.
+        Lists are bucketed by how many groups they need (1, 2, 4, ... K), so a few busy lists do not make every
+        list open K groups."""
+        thr = self.values[start:start + len(minima), -1]
+        active = (minima.amin(1) < thr).nonzero()[:, 0]
+        if active.numel() == 0:
+            return
+        count = (minima[active] < thr[active, None]).sum(1)
+        cap = min(self.K, minima.shape[1])
+        lower = 0
+        for m in sorted({min(2 ** i, cap) for i in range(cap.bit_length() + 1)}):
+            local = active[(count > lower) & (count <= m)] if m < cap else active[count > lower]
+            lower = m
+            if local.numel():
+                groups = minima[local].topk(m, dim=1, largest=False, sorted=False).indices      # [n, m]
+                values, neighbours = gather(local, groups)
+                self._merge(start + local, values, neighbours)
+
+    def update_rows(self, D: torch.Tensor, row0: int, col0: int) -> None:
+        """Lists of the points of ``D``'s rows (``row0..``) take candidates from its columns (``col0..``)."""
+        bi, bj = D.shape
+        ng = bj // GROUP
+        G = D.view(bi, GROUP, ng)                     # group c = columns c, c + ng, c + 2 ng, ...
+        step = torch.arange(GROUP, device=D.device) * ng
+
+        def gather(lists, groups):
+            n = len(lists)
+            values = G[lists[:, None], :, groups].reshape(n, -1)                          # [n, m * GROUP]
+            return values, col0 + (groups[:, :, None] + step).reshape(n, -1)
+
+        self._open(row0, G.amin(1), gather)
+
+    def update_columns(self, D: torch.Tensor, row0: int, col0: int) -> None:
+        """Lists of the points of ``D``'s columns (``col0..``) take candidates from its rows (``row0..``): the
+        transposed half of a symmetric block, read without transposing it."""
+        bi, bj = D.shape
+        ng = bi // GROUP
+        G = D.view(GROUP, ng, bj)                     # group r = rows r, r + ng, r + 2 ng, ...
+        step = torch.arange(GROUP, device=D.device) * ng
+
+        def gather(lists, groups):
+            n = len(lists)
+            values = G[:, groups, lists[:, None]].permute(1, 2, 0).reshape(n, -1)         # [n, m * GROUP]
+            return values, row0 + (groups[:, :, None] + step).reshape(n, -1)
+
+        self._open(col0, G.amin(0).T, gather)
+
+
+def _padded(A: torch.Tensor, n: int) -> torch.Tensor:
+    return A if len(A) == n else torch.cat([A, A.new_zeros((n - len(A), A.shape[1]))])
+
+
+def _block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer):
+    """One block of approximate squared distances ``[bi, bj]`` into the reused buffer, with excluded pairs and
+    padding rows/columns set to +inf."""
+    D = torch.mm(Qa[qs:qs + bi], Ra[rs:rs + bj].T, out=buffer[:bi * bj].view(bi, bj))
+    if ex_t is not None:
+        e = ex_t[qs:qs + bi]
+        rows, cols = torch.nonzero((e >= rs) & (e < rs + bj), as_tuple=True)
+        D[rows, e[rows, cols] - rs] = float("inf")
+    if qs + bi > nq:
+        D[nq - qs:] = float("inf")
+    if rs + bj > nr:
+        D[:, nr - rs:] = float("inf")
+    return D
+
+
+def _candidates(Q, R, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size, symmetric=False):
     """Approximate squared distances ``[nq, K]`` (ascending) and indices of each query's K nearest references by
-    the blocked GEMM; excluded references get +inf."""
+    blocked GEMM with a threshold filter (:class:`_Lists`); excluded references never enter.
+
+    One-sided: every ``[chunk_size, ref_chunk_size]`` block, rows updated. ``symmetric`` (query = reference,
+    symmetric exclusions): only the blocks on and above the diagonal; the diagonal blocks seed every list (row
+    top-k), each block above it updates both its rows and its columns, so each pair is computed once: half the
+    GEMM work of the one-sided search."""
     nq, nr = Q.shape[0], R.shape[0]
-    chunk_size, ref_chunk_size = _balanced(nq, chunk_size), _balanced(nr, ref_chunk_size)
-    Ra = _augmented(R, r_norm, "reference")
-    all_idx = torch.empty((nq, K), dtype=torch.int64, device=Q.device)
-    all_val = torch.empty((nq, K), dtype=Q.dtype, device=Q.device)
-    buffer = torch.empty((min(chunk_size, nq), min(ref_chunk_size, nr)), dtype=Q.dtype, device=Q.device)
-    for qs in range(0, nq, chunk_size):
-        c = min(chunk_size, nq - qs)
-        q = _augmented(Q[qs:qs + c], q_norm[qs:qs + c], "query")
-        best_v = best_i = None
-        for rs in range(0, nr, ref_chunk_size):
-            r = Ra[rs:rs + ref_chunk_size]
-            # reuse one block buffer (a fresh 128 MB allocation per block costs page faults)
-            out = buffer if buffer.shape == (c, r.shape[0]) else None
-            block = torch.mm(q, r.T, out=out)
-            if ex_t is not None:
-                e = ex_t[qs:qs + c]
-                rows, cols = torch.nonzero((e >= rs) & (e < rs + r.shape[0]), as_tuple=True)
-                block[rows, e[rows, cols] - rs] = float("inf")
-            v, i = block.topk(min(K, r.shape[0]), dim=1, largest=False, sorted=False)
-            i = i + rs
-            if best_v is None:
-                best_v, best_i = v, i
-            else:
-                v, pos = torch.cat([best_v, v], 1).topk(K, dim=1, largest=False, sorted=False)
-                best_v, best_i = v, torch.cat([best_i, i], 1).gather(1, pos)
-        best_v, order = best_v.sort(dim=1)
-        all_val[qs:qs + c], all_idx[qs:qs + c] = best_v, best_i.gather(1, order)
-    return all_val, all_idx
+    if symmetric:
+        chunk_size = ref_chunk_size = _balanced(nq, chunk_size, multiple=GROUP)
+    else:
+        chunk_size = _balanced(nq, chunk_size, multiple=GROUP)
+        ref_chunk_size = _balanced(nr, ref_chunk_size, multiple=GROUP)
+    nq_pad, nr_pad = -(-nq // GROUP) * GROUP, -(-nr // GROUP) * GROUP
+    Qa = _padded(_augmented(Q, q_norm, "query"), nq_pad)
+    Ra = _padded(_augmented(R, r_norm, "reference"), nr_pad)
+    if ex_t is not None and nq_pad > nq:
+        ex_t = torch.cat([ex_t, ex_t.new_full((nq_pad - nq, ex_t.shape[1]), -1)])
+    perm = None
+    if symmetric and nq > 2 * chunk_size:
+        perm = _cluster_order(Q, -(-nq // chunk_size))
+        Qa, Ra = Qa[:nq][perm], Ra[:nq][perm]
+        Qa, Ra = _padded(Qa, nq_pad), _padded(Ra, nq_pad)
+        if ex_t is not None:
+            where = torch.empty_like(perm)
+            where[perm] = torch.arange(nq, device=perm.device)
+            e = ex_t[:nq][perm]
+            ex_t = torch.cat([torch.where(e >= 0, where[e.clamp_min(0)], e), ex_t[nq:]])
+    lists = _Lists(nq_pad, K, Q.dtype, Q.device)
+    buffer = torch.empty(min(chunk_size, nq_pad) * min(ref_chunk_size, nr_pad), dtype=Q.dtype, device=Q.device)
+    q_starts, r_starts = range(0, nq_pad, chunk_size), range(0, nr_pad, ref_chunk_size)
+    if symmetric:
+        for qs in q_starts:           # seed every list from its own diagonal block
+            b = min(chunk_size, nq_pad - qs)
+            lists.update_rows(_block(Qa, Ra, qs, qs, b, b, nq, nr, ex_t, buffer), qs, qs)
+        for a, qs in enumerate(q_starts):
+            for rs in r_starts[a + 1:]:
+                bi, bj = min(chunk_size, nq_pad - qs), min(ref_chunk_size, nr_pad - rs)
+                D = _block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer)
+                lists.update_rows(D, qs, rs)
+                lists.update_columns(D, qs, rs)
+    else:
+        for qs in q_starts:
+            bi = min(chunk_size, nq_pad - qs)
+            for rs in r_starts:
+                bj = min(ref_chunk_size, nr_pad - rs)
+                lists.update_rows(_block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer), qs, rs)
+    values, indices = lists.values[:nq], lists.indices[:nq]
+    if perm is not None:      # back to input order: row p of the lists is point perm[p], neighbour j is perm[j]
+        values, indices = values[torch.argsort(perm)], perm[indices[torch.argsort(perm)]]
+    return values, indices
+
+
+def _cluster_order(X: torch.Tensor, n_clusters: int, iters: int = 4, seed: int = 0, step: int = 16384
+                   ) -> torch.Tensor:
+    """A permutation that puts nearby points next to each other: Lloyd's k-means (``iters`` rounds from
+    ``n_clusters`` random points, ``seed``), points sorted by cluster. A block of consecutive points then holds
+    most of its members' neighbours, so the diagonal blocks seed near-final candidate lists and most blocks
+    above the diagonal have nothing below the thresholds. Speed only: the search stays exact whatever the order.
+    Costs ``iters x N x n_clusters x d``, about ``n_clusters · iters / N`` of the search."""
+    n = len(X)
+    gen = torch.Generator().manual_seed(seed)
+    centres = X[torch.randperm(n, generator=gen)[:n_clusters].to(X.device)].clone()
+
+    def labels_of(c):
+        c_sq = (c * c).sum(1)
+        return torch.cat([(c_sq[None] - 2 * X[s:s + step] @ c.T).argmin(1) for s in range(0, n, step)])
+
+    for _ in range(iters):
+        labels = labels_of(centres)
+        counts = torch.bincount(labels, minlength=len(centres)).to(X.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, labels, X)
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+    return torch.argsort(labels_of(centres), stable=True)
+
+
+def _symmetric_exclusions(ex: np.ndarray | None, n: int) -> bool:
+    """Whether ``j`` excluded for ``i`` implies ``i`` excluded for ``j`` (self, own caption: yes)."""
+    if ex is None:
+        return True
+    rows = np.repeat(np.arange(n, dtype=np.int64), ex.shape[1])
+    cols = ex.reshape(-1)
+    valid = cols >= 0
+    pairs, flipped = rows[valid] * n + cols[valid], cols[valid] * n + rows[valid]
+    return np.array_equal(np.unique(pairs), np.unique(flipped))
 
 
 def _distinct_exclusions(ex: np.ndarray | None, n: int) -> np.ndarray:
@@ -232,14 +398,19 @@ def _certified(approx_kth: np.ndarray, exact_k: np.ndarray, q_norm: np.ndarray, 
 
 @torch.no_grad()
 def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclude="auto",
-        chunk_size: int = 2048, ref_chunk_size: int = 16384, device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32, refine: bool = True, margin: int = 8) -> Neighbours:
+        chunk_size: int = 4096, ref_chunk_size: int = 4096, device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32, refine: bool = True, margin: int = 8,
+        symmetric: bool | None = None) -> Neighbours:
     """Exact kNN of every ``query`` row in ``reference`` (``None``: the query set itself).
 
     The data are centred on the reference mean (distances are translation invariant; the GEMM's rounding error
     scales with the norms). Blocked GEMM in ``dtype``: for a ``[chunk_size, ref_chunk_size]`` block, the squared
-    distances ``||q||² + ||r||² - 2 q·r`` in one ``mm`` of augmented rows into a reused buffer, a per-block
-    ``topk`` merged into a running list of ``k + margin`` candidates; peak extra memory is one block. With
+    distances ``||q||² + ||r||² - 2 q·r`` in one ``mm`` of augmented rows into a reused buffer; a running list of
+    ``k + margin`` candidates per point, seeded by one block's ``topk`` and then fed only the entries below its
+    current worst candidate (group minima over the block, then the few groups that beat it); peak extra memory
+    is one block. ``symmetric`` (default: when the query set is the reference and the exclusions are symmetric,
+    as ``"self"`` and own-caption exclusions are) computes each block above the diagonal once and updates both
+    its rows and its columns: half the GEMM work. With
     ``refine`` the candidates' distances are recomputed from coordinate differences in float64 and every row is
     *certified* (:func:`_certified`: a rigorous bound on the GEMM's rounding error shows no other reference can be
     nearer than the k-th); rows that fail are searched again in float64 and, should that fail too, by direct
@@ -257,14 +428,19 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     K = min(k + margin, nr - (0 if ex is None else ex.shape[1]))
     Q, R, q_norm, r_norm = _centred(Q0, R0, same, metric, dtype)
     ex_t = None if ex is None else torch.from_numpy(ex).to(Q.device)
-    approx, idx = _candidates(Q, R, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size)
+    if symmetric is None:
+        symmetric = same and _symmetric_exclusions(ex, nq)
+    elif symmetric and not (same and _symmetric_exclusions(ex, nq)):
+        raise ValueError("symmetric=True needs the query set as reference and symmetric exclusions")
+    approx, idx = _candidates(Q, R, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size, symmetric)
     if not refine:
         sq = approx[:, :k].double().clamp_min(0)
         dist = (sq / 2 if metric == "cosine" else sq.sqrt()).cpu().numpy()
         return Neighbours(dist, idx[:, :k].cpu().numpy(), metric)
-    dist, idx = _refined_rows(Q0, R0, approx, idx, metric)
+    dist, idx = _refined_rows(Q0, R0, approx, idx, metric, k)
     to_sq = (lambda d: 2 * d) if metric == "cosine" else (lambda d: d * d)
-    ok = _certified(approx[:, -1].double().cpu().numpy(), to_sq(dist[:, k - 1]), q_norm.cpu().numpy(),
+    slack = 1 + _refine_tolerance(Q0.dtype, Q0.shape[1])
+    ok = _certified(approx[:, -1].double().cpu().numpy(), to_sq(dist[:, k - 1]) * slack, q_norm.cpu().numpy(),
                     _unit_roundoff(Q.dtype, Q.device), Q.shape[1] + 2)
     ok |= nr - _distinct_exclusions(ex, nq) <= K          # every allowed reference is a candidate
     redo = np.flatnonzero(~ok)
@@ -276,17 +452,26 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     return Neighbours(dist[:, :k], idx[:, :k], metric, int(redo.size))
 
 
-def _refined_rows(Q0, R0, approx, idx, metric, step: int = 1024):
-    """Exact distances of the candidates, sorted by (distance, index); excluded candidates (approximate +inf)
-    stay +inf and sort last."""
-    dist_parts = []
-    for qs in range(0, len(idx), step):
-        dist_parts.append(_refine(Q0[qs:qs + step], R0, idx[qs:qs + step], metric))
-    dist = np.concatenate(dist_parts)
-    dist[~np.isfinite(approx.double().cpu().numpy())] = np.inf
-    idx = idx.cpu().numpy()
-    order = np.lexsort((idx, dist))  # row-wise: by distance, ties by index
-    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
+def _refined_rows(Q0, R0, approx, idx, metric, k: int, step: int = 1024):
+    """Distances of the candidates from coordinate differences, sorted by (distance, index); excluded candidates
+    (approximate +inf) stay +inf and sort last. Inputs below float64 are refined in their own precision, and
+    rows whose k-th and (k+1)-th candidates lie within that precision of each other are refined again in
+    float64, so the k nearest are the exact k nearest."""
+    parts = [_refine(Q0[s:s + step], R0, idx[s:s + step], metric) for s in range(0, len(idx), step)]
+    dist = np.concatenate(parts)
+    empty = ~np.isfinite(approx.double().cpu().numpy())
+    dist[empty] = np.inf
+    idx_np = idx.cpu().numpy()
+    tol = _refine_tolerance(Q0.dtype, Q0.shape[1])
+    if tol and k < dist.shape[1]:
+        part = np.sort(dist, 1)
+        close = np.flatnonzero(part[:, k] * part[:, k] <= part[:, k - 1] ** 2 * (1 + 2 * tol) + 1e-300)
+        if close.size:
+            rows = torch.from_numpy(close).to(idx.device)
+            redo = _refine(Q0.index_select(0, rows), R0, idx.index_select(0, rows), metric, torch.float64)
+            dist[close] = np.where(empty[close], np.inf, redo)
+    order = np.lexsort((idx_np, dist))  # row-wise: by distance, ties by index
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx_np, order, 1)
 
 
 def _exact_rows(Q0, R0, Q64, R64, q_norm, r_norm, k, K, ex_t, metric, chunk_size, ref_chunk_size, rows):
@@ -294,13 +479,14 @@ def _exact_rows(Q0, R0, Q64, R64, q_norm, r_norm, k, K, ex_t, metric, chunk_size
     plain differences over all references for whatever still fails."""
     approx, idx = _candidates(Q64, R64, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size)
     Qr = Q0.index_select(0, rows)
-    dist, idx = _refined_rows(Qr, R0, approx, idx, metric)
+    dist, idx = _refined_rows(Qr, R0, approx, idx, metric, k)
     to_sq = (lambda d: 2 * d) if metric == "cosine" else (lambda d: d * d)
-    ok = _certified(approx[:, -1].cpu().numpy(), to_sq(dist[:, k - 1]), q_norm.cpu().numpy(),
+    slack = 1 + _refine_tolerance(Q0.dtype, Q0.shape[1])
+    ok = _certified(approx[:, -1].cpu().numpy(), to_sq(dist[:, k - 1]) * slack, q_norm.cpu().numpy(),
                     torch.finfo(torch.float64).eps / 2, Q64.shape[1] + 2)
     for i in np.flatnonzero(~ok):           # practically never: norms beyond ~1e7 x the neighbour distance
         all_idx = torch.arange(R0.shape[0], device=R0.device)[None]
-        d = _refine(Qr[i:i + 1], R0, all_idx, metric)[0]
+        d = _refine(Qr[i:i + 1], R0, all_idx, metric, torch.float64)[0]
         if ex_t is not None:
             e = ex_t[i].cpu().numpy()
             d[e[e >= 0]] = np.inf
@@ -359,7 +545,7 @@ def knn_approx(query, reference=None, k: int = 16, *, metric: str = "euclidean",
         raise RuntimeError("faiss returned fewer than k usable neighbours; raise ef_search / nprobe")
     kept = np.take_along_axis(found, order, 1).astype(np.int64)
     if refine:
-        dist, idx = _refined_rows(Q0, R0, torch.zeros(kept.shape), torch.from_numpy(kept), metric)
+        dist, idx = _refined_rows(Q0, R0, torch.zeros(kept.shape), torch.from_numpy(kept), metric, k)
         return Neighbours(dist, idx, metric)
     # faiss's flat/HNSW/IVF-Flat distances are direct fp32 sums of squared differences (no GEMM expansion)
     sq = np.maximum(np.take_along_axis(sq, order, 1).astype(np.float64), 0.0)
