@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 # 1. Debian packages: the embedded data (Fashion-MNIST IDX files, WordNet 3.0) and the browser that checks the
 #    built book (Playwright drives this chromium; it downloads no browser of its own).
 need=()
-for pkg in dataset-fashion-mnist wordnet-base chromium; do
+for pkg in dataset-fashion-mnist wordnet-base chromium libjs-mathjax; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -239,12 +239,38 @@ def page_profiles(book_dir: Path = BOOK_DIR) -> dict[str, str]:
     return found
 
 
+MATHJAX_DIR = Path("/usr/share/javascript/mathjax")
+#: The parts of MathJax 2 that the TeX-AMS_CHTML configuration loads (1.5 MB of the package's 41 MB).
+_MATHJAX_PARTS = ("MathJax.js", "config/TeX-AMS_CHTML.js", "extensions", "jax/element", "jax/input",
+                  "jax/output/CommonHTML", "fonts/HTML-CSS/TeX/woff", "localization/en")
+
+
+def vendor_mathjax(book_dir: Path = BOOK_DIR, source: Path = MATHJAX_DIR) -> bool:
+    """Copy the MathJax the book needs into ``book_dir/_extra/mathjax`` (Sphinx's ``html_extra_path``: served as
+    ``/mathjax``, and not added to every page as ``_static`` scripts would be) for offline formulas; False when
+    Debian's ``libjs-mathjax`` is not installed (the formulas then stay as TeX source)."""
+    if not (source / "MathJax.js").exists():
+        print(f"warning: {source} not found (apt-get install libjs-mathjax): formulas will show as TeX",
+              file=sys.stderr)
+        return False
+    target = book_dir / "_extra" / "mathjax"
+    for part in _MATHJAX_PARTS:
+        src, dst = source / part, target / part
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    return True
+
+
 def build_book(book_dir: Path = BOOK_DIR) -> None:
     """jupyter-book 1.x build, execution off, warnings as errors; fails on any notebook error output."""
     profiles = page_profiles(book_dir)
     if len(set(profiles.values())) > 1:
         print("warning: the book mixes pages executed at different profiles: " +
               ", ".join(f"{page} ({profile})" for page, profile in profiles.items()), file=sys.stderr, flush=True)
+    vendor_mathjax(book_dir)
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb), "build", str(book_dir), "-W", "-n", "--keep-going"]
     print(" ".join(command), flush=True)
