@@ -143,15 +143,16 @@ def test_knn_certificate_falls_back_when_centring_is_not_enough(separation, dtyp
 @pytest.mark.parametrize("exclude", ["self", "partner"])
 def test_symmetric_search_equals_one_sided_and_cdist(exclude):
     """The symmetric search (upper-triangle blocks, rows and columns updated) finds exactly the neighbours of the
-    one-sided search and of float64 torch.cdist; 600 points (not a multiple of the block or group size) in
-    blocks of 96 exercise the cluster ordering, padding and the threshold filter."""
-    x, _ = _planted(n=600, d=12)
+    one-sided search and of float64 torch.cdist; 1,204 points (not a multiple of the block or group size) in
+    blocks of 256 exercise the cluster ordering, padding, and the threshold filter's three outcomes (nothing
+    below the thresholds, a few tiles opened, a busy block read a second time)."""
+    x, _ = _planted(n=1200, d=12)
     x[7] = x[3]
     x[8] = x[3]                                              # a triple of identical points
     n = len(x)
     ex = "self" if exclude == "self" else np.stack([np.arange(n), np.arange(n) ^ 1], 1)   # own caption-like pairs
-    sym = knn(x, k=7, exclude=ex, chunk_size=96, symmetric=True)
-    one = knn(x, k=7, exclude=ex, chunk_size=96, ref_chunk_size=80, symmetric=False)
+    sym = knn(x, k=7, exclude=ex, chunk_size=256, symmetric=True)
+    one = knn(x, k=7, exclude=ex, chunk_size=256, ref_chunk_size=200, symmetric=False)
     np.testing.assert_array_equal(sym.indices, one.indices)
     np.testing.assert_array_equal(sym.distances, one.distances)
     _, d = _cdist_knn(x, 7)
@@ -166,7 +167,7 @@ def test_symmetric_search_equals_one_sided_and_cdist(exclude):
     one_way = np.stack([np.arange(n), (np.arange(n) + 1) % n], 1)
     with pytest.raises(ValueError, match="symmetric"):
         knn(x, k=3, exclude=one_way, symmetric=True)
-    auto = knn(x, k=3, exclude=one_way, chunk_size=96)
+    auto = knn(x, k=3, exclude=one_way, chunk_size=256)
     d[:] = _cdist_knn(x, 3)[1]
     d[np.arange(n), (np.arange(n) + 1) % n] = np.inf
     assert _same_sets(auto.indices, np.argsort(d, 1, kind="stable")[:, :3], np.sort(d, 1)[:, :3])

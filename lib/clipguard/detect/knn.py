@@ -17,6 +17,7 @@ by distance, so an exact duplicate of a query is a legitimate neighbour at dista
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,6 +216,25 @@ class _Lists:
         self.indices[points] = torch.cat([self.indices[points], indices], 1).gather(1, pos)
         self.values[points] = v
 
+    def _merge_triples(self, points: torch.Tensor, neighbours: torch.Tensor, values: torch.Tensor) -> None:
+        """Candidates as triples (point, neighbour, value), any number per point: the affected lists and their
+        candidates are sorted together by (point, value) and cut at K."""
+        if points.numel() == 0:
+            return
+        rows, group = torch.unique(points, return_inverse=True)
+        K, n = self.K, len(rows)
+        v = torch.cat([self.values[rows].reshape(-1), values])
+        i = torch.cat([self.indices[rows].reshape(-1), neighbours])
+        g = torch.cat([torch.arange(n, device=v.device).repeat_interleave(K), group])
+        by_value = torch.argsort(v, stable=True)
+        order = by_value[torch.argsort(g[by_value], stable=True)]
+        g = g[order]
+        counts = torch.bincount(g, minlength=n)
+        rank = torch.arange(len(g), device=v.device) - (torch.cumsum(counts, 0) - counts)[g]
+        keep = rank < K                       # every affected list gets exactly K entries back
+        self.values[rows[g[keep]], rank[keep]] = v[order][keep]
+        self.indices[rows[g[keep]], rank[keep]] = i[order][keep]
+
     def _open(self, start: int, minima: torch.Tensor, gather) -> None:
         """Lists ``start + i`` with group minima ``minima[i]`` below their threshold open their smallest-minimum
         groups; ``gather(local ids, groups)`` returns the groups' entries and neighbour ids ``[n, m * GROUP]``.
@@ -249,9 +269,10 @@ class _Lists:
 
         self._open(row0, G.amin(1), gather)
 
-    def update_columns(self, D: torch.Tensor, row0: int, col0: int) -> None:
+    def update_columns(self, D: torch.Tensor, row0: int, col0: int, minima: torch.Tensor | None = None) -> None:
         """Lists of the points of ``D``'s columns (``col0..``) take candidates from its rows (``row0..``): the
-        transposed half of a symmetric block, read without transposing it."""
+        transposed half of a symmetric block, read without transposing it. ``minima``: the row-group minima
+        ``[bi / GROUP, bj]`` if already computed."""
         bi, bj = D.shape
         ng = bi // GROUP
         G = D.view(GROUP, ng, bj)                     # group r = rows r, r + ng, r + 2 ng, ...
@@ -262,17 +283,52 @@ class _Lists:
             values = G[:, groups, lists[:, None]].permute(1, 2, 0).reshape(n, -1)         # [n, m * GROUP]
             return values, row0 + (groups[:, :, None] + step).reshape(n, -1)
 
-        self._open(col0, G.amin(0).T, gather)
+        self._open(col0, (G.amin(0) if minima is None else minima).T, gather)
+
+    def update_both(self, D: torch.Tensor, row0: int, col0: int) -> None:
+        """A block above the diagonal of a symmetric search, read once: the row-group minima serve the columns'
+        lists, and their minima over column groups (``GROUP x GROUP`` strided tiles) the rows' lists, which open
+        only the tiles below the largest threshold of the tile's rows. When many tiles qualify (a cluster split
+        between the two blocks) the rows take the second pass of :meth:`update_rows` instead."""
+        bi, bj = D.shape
+        ngr, ngc = bi // GROUP, bj // GROUP
+        minima = D.view(GROUP, ngr, bj).amin(0)                                  # [ngr, bj]
+        self.update_columns(D, row0, col0, minima)
+        thr = self.values[row0:row0 + bi, -1]
+        tiles = minima.view(ngr, GROUP, ngc).amin(1)                             # [ngr, ngc]
+        r, c = (tiles < thr.view(GROUP, ngr).amax(0)[:, None]).nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        if r.numel() * GROUP > tiles.numel():
+            return self.update_rows(D, row0, col0)
+        step = torch.arange(GROUP, device=D.device)
+        rows, cols = r[:, None] + step * ngr, c[:, None] + step * ngc                 # [n, GROUP] each
+        values = D[rows[:, :, None], cols[:, None, :]]                                 # [n, GROUP, GROUP]
+        keep = values < thr[rows][:, :, None]
+        self._merge_triples(row0 + rows[:, :, None].expand_as(values)[keep],
+                            col0 + cols[:, None, :].expand_as(values)[keep], values[keep])
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run the block selection on one CPU thread: its many small ops gain nothing from a second thread and, on a
+    busy host, each parallel region waits for a descheduled worker (measured: 4x slower with 2 threads at load
+    average 10 on 2 cores). The GEMM keeps every thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _padded(A: torch.Tensor, n: int) -> torch.Tensor:
     return A if len(A) == n else torch.cat([A, A.new_zeros((n - len(A), A.shape[1]))])
 
 
-def _block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer):
-    """One block of approximate squared distances ``[bi, bj]`` into the reused buffer, with excluded pairs and
-    padding rows/columns set to +inf."""
-    D = torch.mm(Qa[qs:qs + bi], Ra[rs:rs + bj].T, out=buffer[:bi * bj].view(bi, bj))
+def _mask(D: torch.Tensor, qs: int, rs: int, nq: int, nr: int, ex_t: torch.Tensor | None) -> None:
+    """Block ``D`` (rows ``qs..``, columns ``rs..``) with excluded pairs and padding rows/columns set to +inf."""
+    bi, bj = D.shape
     if ex_t is not None:
         e = ex_t[qs:qs + bi]
         rows, cols = torch.nonzero((e >= rs) & (e < rs + bj), as_tuple=True)
@@ -281,7 +337,6 @@ def _block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer):
         D[nq - qs:] = float("inf")
     if rs + bj > nr:
         D[:, nr - rs:] = float("inf")
-    return D
 
 
 def _candidates(Q, R, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size, symmetric=False):
@@ -316,22 +371,19 @@ def _candidates(Q, R, q_norm, r_norm, K, ex_t, chunk_size, ref_chunk_size, symme
     lists = _Lists(nq_pad, K, Q.dtype, Q.device)
     buffer = torch.empty(min(chunk_size, nq_pad) * min(ref_chunk_size, nr_pad), dtype=Q.dtype, device=Q.device)
     q_starts, r_starts = range(0, nq_pad, chunk_size), range(0, nr_pad, ref_chunk_size)
-    if symmetric:
-        for qs in q_starts:           # seed every list from its own diagonal block
-            b = min(chunk_size, nq_pad - qs)
-            lists.update_rows(_block(Qa, Ra, qs, qs, b, b, nq, nr, ex_t, buffer), qs, qs)
-        for a, qs in enumerate(q_starts):
-            for rs in r_starts[a + 1:]:
-                bi, bj = min(chunk_size, nq_pad - qs), min(ref_chunk_size, nr_pad - rs)
-                D = _block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer)
-                lists.update_rows(D, qs, rs)
-                lists.update_columns(D, qs, rs)
+    if symmetric:   # diagonal blocks first: they seed every list; then each block above the diagonal once
+        pairs = [(qs, qs) for qs in q_starts] + [(qs, rs) for a, qs in enumerate(q_starts) for rs in r_starts[a + 1:]]
     else:
-        for qs in q_starts:
-            bi = min(chunk_size, nq_pad - qs)
-            for rs in r_starts:
-                bj = min(ref_chunk_size, nr_pad - rs)
-                lists.update_rows(_block(Qa, Ra, qs, rs, bi, bj, nq, nr, ex_t, buffer), qs, rs)
+        pairs = [(qs, rs) for qs in q_starts for rs in r_starts]
+    for qs, rs in pairs:
+        bi, bj = min(chunk_size, nq_pad - qs), min(ref_chunk_size, nr_pad - rs)
+        D = torch.mm(Qa[qs:qs + bi], Ra[rs:rs + bj].T, out=buffer[:bi * bj].view(bi, bj))
+        with _one_thread():
+            _mask(D, qs, rs, nq, nr, ex_t)
+            if symmetric and qs != rs:
+                lists.update_both(D, qs, rs)
+            else:
+                lists.update_rows(D, qs, rs)
     values, indices = lists.values[:nq], lists.indices[:nq]
     if perm is not None:      # back to input order: row p of the lists is point perm[p], neighbour j is perm[j]
         values, indices = values[torch.argsort(perm)], perm[indices[torch.argsort(perm)]]
@@ -452,7 +504,7 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     return Neighbours(dist[:, :k], idx[:, :k], metric, int(redo.size))
 
 
-def _refined_rows(Q0, R0, approx, idx, metric, k: int, step: int = 1024):
+def _refined_rows(Q0, R0, approx, idx, metric, k: int, step: int = 4096):
     """Distances of the candidates from coordinate differences, sorted by (distance, index); excluded candidates
     (approximate +inf) stay +inf and sort last. Inputs below float64 are refined in their own precision, and
     rows whose k-th and (k+1)-th candidates lie within that precision of each other are refined again in
