@@ -84,6 +84,8 @@ def stored_scores(store, run, dataset, variants: dict[str, dict], seed: int = 0,
                 cache[embedding] = embed(model, dataset, normalize=embedding == "normalized")
             image, text = cache[embedding]
             started = time.perf_counter()
+            if "cognitive_distillation" in names:      # a model-based detector: the model and the images
+                options.update(model=model, images=dataset)
             result = score_many(names, image, text, seed=seed, losses=losses, loss_epochs=loss_epochs, **options)
             seconds[label] = time.perf_counter() - started
             arrays.update({f"{label}/{name}": values for name, values in result.items()})

@@ -298,7 +298,7 @@ def dao_released(g: ReleasedGraph, k: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Detector:
     name: str
-    kind: str            # "graph" | "graph_ref" (needs neighbours' graph) | "features" | "pair" | "loss"
+    kind: str            # "graph" | "graph_ref" (needs neighbours' graph) | "features" | "pair" | "loss" | "model"
     description: str
 
 
@@ -312,6 +312,7 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in [
     Detector("clip_score", "pair", "-cos(image, caption)"),
     Detector("gmm", "pair", "-p_clean of SafeCLIP's 2-component GMM on cos(image, caption)"),
     Detector("abl", "loss", "-mean loss over the first E epochs"),
+    Detector("cognitive_distillation", "model", "-||m||_1 of Cognitive Distillation's mask (needs model, images)"),
 ]}
 _RELEASED = {"k_distance": k_distance_released, "lid": lid_released, "slof": slof_released, "dao": dao_released}
 
@@ -395,7 +396,8 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
                reference: str = "global", batch_size: int | None = None, clean_image=None, clean_text=None,
                normalize: bool = False, metric: str = "euclidean", seed: int = 0, query_radius: str = "r_k",
                released_quirks: bool = False, approximate: str | None = None, losses=None, abl_epochs: int = 10,
-               loss_epochs=None, clean_index="auto", knn_options: dict | None = None) -> dict[str, np.ndarray]:
+               loss_epochs=None, clean_index="auto", model=None, images=None, cd_options: dict | None = None,
+               knn_options: dict | None = None) -> dict[str, np.ndarray]:
     """Scores ``[N]`` (higher = more suspicious) of several detectors; graph detectors share one kNN graph per
     reference block.
 
@@ -413,6 +415,9 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
     * ``released_quirks``: the released code's k_distance/lid/slof/dao (Section 5; self-referencing modes only).
     * ``approximate``: ``None`` (exact :func:`knn`) or ``"hnsw"`` / ``"ivf"`` (:func:`knn_approx`).
     * ``losses`` ``[rows, N]``, ``loss_epochs`` (1-based epoch number of each row), ``abl_epochs``: :func:`abl_score`.
+    * ``model`` (with ``encode_image``), ``images`` ``[N, C, H, W]`` and ``cd_options`` (fields of
+      :class:`~clipguard.detect.cognitive_distillation.CognitiveDistillation`; ``seed`` defaults to ``seed``):
+      ``cognitive_distillation``, which ignores the embeddings, ``space`` and ``reference``.
     """
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in DETECTORS]
@@ -429,9 +434,17 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
         if losses is None:
             raise ValueError("detector 'abl' needs losses=[epochs, N] per-sample losses")
         out["abl"] = abl_score(losses, abl_epochs, loss_epochs)
-    rest = [n for n in names if n != "abl"]
+    if "cognitive_distillation" in names:
+        if model is None or images is None:
+            raise ValueError("detector 'cognitive_distillation' needs model= (with encode_image) and images=")
+        if image_emb is not None and len(images) != len(image_emb):
+            raise ValueError(f"images cover {len(images)} samples, embeddings {len(image_emb)}")
+        from .cognitive_distillation import cognitive_distillation
+
+        out["cognitive_distillation"] = cognitive_distillation(model, images, **{"seed": seed, **(cd_options or {})}).score
+    rest = [n for n in names if n not in ("abl", "cognitive_distillation")]
     if not rest:
-        return out
+        return {nm: out[nm] for nm in names}
     image = _validate("", image_emb, "image_emb")
     needs_text = space in ("text", "joint") or any(DETECTORS[n].kind == "pair" for n in rest)
     text = None
