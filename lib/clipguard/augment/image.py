@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -237,13 +236,12 @@ def sample_image_params(n: int, height: int, width: int, policy: ImagePolicy, ge
             "sigma": sigma, "side": torch.tensor(side)}
 
 
-@lru_cache(maxsize=8)
-def _resample_table(size: int, out: int) -> torch.Tensor:
-    """``[size + 1, out, size]``: entry L resizes a window of L pixels (taps 0..L-1) to ``out`` pixels with
-    antialiased bilinear interpolation, the weights of PyTorch's ``_upsample_bilinear2d_aa`` (what torchvision's
-    ``resized_crop(..., antialias=True)`` runs): a triangle filter of half-width max(1, L / out) around each output
-    pixel's centre, truncated to the window as the kernel truncates it, normalised to sum 1."""
-    length = torch.arange(size + 1, dtype=torch.float64).view(-1, 1, 1)
+def _window_weights(lengths: torch.Tensor, size: int, out: int) -> torch.Tensor:
+    """``[k, out, size]``: entry i resizes a window of ``lengths[i]`` pixels (taps 0..length-1) to ``out`` pixels
+    with antialiased bilinear interpolation, the weights of PyTorch's ``_upsample_bilinear2d_aa`` (what
+    torchvision's ``resized_crop(..., antialias=True)`` runs): a triangle filter of half-width max(1, length / out)
+    around each output pixel's centre, truncated to the window as the kernel truncates it, normalised to sum 1."""
+    length = lengths.double().view(-1, 1, 1)
     scale = length / out
     support = scale.clamp(min=1.0)
     centre = scale * (torch.arange(out, dtype=torch.float64).view(1, -1, 1) + 0.5)
@@ -260,11 +258,13 @@ def _resample_weights(start: torch.Tensor, length: torch.Tensor, size: int, out:
                       ) -> torch.Tensor:
     """``[n, out, size]`` weights that resize the window ``[start, start + length)`` of each image's rows (or
     columns) of ``size`` pixels to ``out`` pixels; ``mirrored`` images are read flipped (a flip before the crop)."""
+    lengths, which = length.unique(return_inverse=True)  # one weight table per distinct window length
     pixel = torch.arange(size).expand(len(start), size)
     pixel = torch.where(mirrored.view(-1, 1), size - 1 - pixel, pixel)
     tap = pixel - start.view(-1, 1)  # position inside the window
-    weights = _resample_table(size, out)[length].gather(2, tap.clamp(0, size - 1).unsqueeze(1).expand(-1, out, -1))
-    return weights * (tap >= 0).unsqueeze(1)  # taps past the window's end have weight 0 in the table
+    weights = _window_weights(lengths, size, out)[which]
+    weights = weights.gather(2, tap.clamp(0, size - 1).unsqueeze(1).expand(-1, out, -1))
+    return weights * (tap >= 0).unsqueeze(1)  # taps past the window's end already have weight 0
 
 
 def _flip_and_resized_crop(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, side: int) -> torch.Tensor:
