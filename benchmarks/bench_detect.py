@@ -1,24 +1,28 @@
-"""Speed and memory of the local outlier detectors (prints figures; asserts nothing).
+"""Speed and memory of the local outlier detectors (prints figures and targets; asserts nothing).
 
     python benchmarks/bench_detect.py                          # N = 10k and 100k, 256 dims, k = 16
-    python benchmarks/bench_detect.py --sizes 10000 --skip-sklearn
+    python benchmarks/bench_detect.py --sizes 10000 --skip-sklearn --output /tmp/bench.txt
 
 Data: clustered embeddings like CLIP's (low intrinsic dimension): 64 Gaussian clusters of spreads 0.5-2 in a random
 16-dimensional subspace of R^dim plus isotropic noise 0.05, and 0.1% planted sparse outliers (8-12 cluster spreads from a random
 cluster centre in a random direction of the subspace; a 16-D cluster's own points lie at about 4 spreads). Per size it reports:
 
-* floor: one blocked N x N x d fp32 matmul with torch (``torch.mm`` into a reused buffer, no selection) = the least
-  any exact GEMM search can cost;
-* exact kNN graph (:func:`clipguard.detect.knn`), then k-dist / LID / SLOF / DAO each from that ONE graph;
+* floor: one blocked N x N x d fp32 matmul with torch (``torch.mm`` into a reused buffer, no selection) = what a
+  one-sided exact GEMM search cannot go below;
+* exact kNN graph (:func:`clipguard.detect.knn`, symmetric: each pair computed once), then k-dist / LID / SLOF / DAO
+  each from that ONE graph; the one-sided search (every block, ``symmetric=False``) for comparison up to
+  ``--one-sided-max``;
+* recall@k of the exact graph against float64 ``torch.cdist`` (direct differences) on a seeded sample of rows;
 * approximate graphs (faiss HNSW and IVF-Flat, build + search) and the same detectors on them, with neighbour
   recall against the exact graph and AUROC;
-* scikit-learn ``LocalOutlierFactor(n_neighbors=k, algorithm="brute")`` (fit = its kNN + LOF), and our LOF.
+* scikit-learn ``LocalOutlierFactor(n_neighbors=k, algorithm="brute")`` (fit = its kNN + LOF), and our LOF;
+* Cognitive Distillation's time per 1,000 images on a clipguard model (``--cd-images``);
+* the targets (exact four detectors <= 0.8 x floor, >= 2 x faster than scikit-learn's LOF, recall 1.0) beside the
+  measured ratios. The whole report is also written to ``--output`` (default ``benchmarks/results/bench_detect.txt``).
 
 Memory: peak resident set size (RSS) above the level before the call, sampled every 2 ms by a thread reading
 ``/proc/self/statm`` (covers torch, numpy and faiss allocations; tracemalloc would miss torch's and faiss's).
-Symmetry (query = reference) is not exploited: it halves the GEMM but needs a column-wise top-k of every block
-(dim 0, strided); a prototype (upper-triangle blocks of 2,048 or 4,096, row and column top-k, same neighbour sets)
-measured slower on this 2-core host at N = 20,000 x 256: 8.0-8.8 s vs 5.9 s one-sided (floor 3.7-4.0 s).
+Times are wall-clock on whatever else the host runs: the load average at start and end is printed.
 """
 
 from __future__ import annotations
@@ -28,11 +32,17 @@ import os
 import platform
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from clipguard.detect import auroc, dao, k_distance, knn, knn_approx, lid_mle, lof, neighbour_recall, slof
+from clipguard.utils import atomic_write_text
+
+TARGET_FLOOR = 0.8       # exact k-dist+LID+SLOF+DAO time / one full N x N x d matmul, at most
+TARGET_SKLEARN = 2.0     # scikit-learn LOF time / exact k-dist+LID+SLOF+DAO time, at least
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_detect.txt"
 
 
 class PeakRSS:
@@ -94,6 +104,36 @@ def floor_matmul(x: torch.Tensor, chunk: int = 2048) -> float:
     return time.perf_counter() - t0
 
 
+def cdist_recall(x: np.ndarray, graph, k: int, rows: int, seed: int) -> tuple[float, int]:
+    """Recall@k of ``graph`` on a seeded sample of rows against float64 ``torch.cdist`` by direct differences."""
+    sample = np.sort(np.random.default_rng(seed).choice(len(x), size=min(rows, len(x)), replace=False))
+    ref = torch.from_numpy(x).double()
+    hits = 0
+    for s in range(0, len(sample), 128):
+        rows_ = sample[s:s + 128]
+        d = torch.cdist(ref[rows_], ref, compute_mode="donot_use_mm_for_euclid_dist")
+        d[torch.arange(len(rows_)), torch.from_numpy(rows_)] = float("inf")      # self excluded
+        truth = d.topk(k, largest=False).indices.numpy()
+        hits += sum(len(set(a) & set(b)) for a, b in zip(graph.indices[rows_].tolist(), truth.tolist()))
+    return hits / (len(sample) * k), len(sample)
+
+
+def cd_timing(model_name: str, n: int, seed: int, say, load) -> None:
+    """Cognitive Distillation (released CLIP settings: 100 Adam steps per image) on random images: seconds per
+    1,000 images with a randomly initialised clipguard model (the cost does not depend on the weights)."""
+    from clipguard.detect import CognitiveDistillation, cognitive_distillation
+    from clipguard.models import build_model
+
+    model = build_model(model_name, seed=seed)
+    settings = CognitiveDistillation(seed=seed)
+    images = torch.rand(n, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(seed))
+    cognitive_distillation(model, images[:2], settings, steps=2)          # one-time initialisation
+    say(f"\n## Cognitive Distillation, {model_name} ({model.image_size} px), {n} images; load average {load()}")
+    result = cognitive_distillation(model, images, settings)
+    say(f"{settings.steps} Adam steps per image, batches of {settings.batch_size}: {result.seconds:.2f} s = "
+        f"{result.seconds / n * 1000:.1f} s per 1,000 images")
+
+
 def detectors(graph, k: int) -> dict[str, tuple[np.ndarray, float]]:
     out = {}
     for name, fn in (("k-dist", lambda: k_distance(graph, k)), ("LID", lambda: lid_mle(graph, k)),
@@ -111,44 +151,76 @@ def main(argv=None) -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--skip-sklearn", action="store_true", help="skip scikit-learn's LOF (minutes at 100k)")
+    parser.add_argument("--one-sided-max", type=int, default=20_000,
+                        help="largest N at which the one-sided exact search is also timed (0: never)")
+    parser.add_argument("--recall-rows", type=int, default=500,
+                        help="rows checked against float64 torch.cdist (direct differences, slow)")
     parser.add_argument("--ef-search", type=int, default=48)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--nprobe", type=int, default=8)
-    parser.add_argument("--approx", nargs="+", default=["hnsw", "ivf"], choices=["hnsw", "ivf"])
+    parser.add_argument("--approx", nargs="*", default=["hnsw", "ivf"], choices=["hnsw", "ivf"])
     parser.add_argument("--ivf-lists-factor", type=float, nargs="+", default=[1.0, 2.0],
                         help="IVF lists = factor * sqrt(N); one IVF row per factor (more lists: faster, lower recall)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cd-images", type=int, default=64,
+                        help="images for the Cognitive Distillation timing (0: skip)")
+    parser.add_argument("--cd-model", default="clipguard-tiny")
+    parser.add_argument("--note", default="", help="a line about the host's state, written into the report")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where the report is written")
     args = parser.parse_args(argv)
     import faiss
     import sklearn
 
-    print(f"# bench_detect: dim={args.dim} k={args.k} sizes={args.sizes}")
-    print(f"# host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}; torch {torch.__version__}, "
-          f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}")
-    try:
-        print(f"# load average at start: {os.getloadavg()}")
-    except OSError:
-        pass
-    print("# memory = peak RSS above the pre-call level, sampled every 2 ms (/proc/self/statm)")
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    def load() -> str:
+        try:
+            return "(" + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + ")"
+        except OSError:
+            return "unavailable"
+
+    say(f"# bench_detect: dim={args.dim} k={args.k} sizes={args.sizes}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.note:
+        say(f"# note: {args.note}")
+    say(f"# host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}; torch {torch.__version__}, "
+        f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}")
+    say(f"# load average (1, 5, 15 min) at start: {load()}")
+    say("# memory = peak RSS above the pre-call level, sampled every 2 ms (/proc/self/statm)")
     k = args.k
+    summary = []
     for n in args.sizes:
         x, y = make_data(n, args.dim, args.seed)
         xt = torch.from_numpy(x)
-        print(f"\n## N = {n:,} x {args.dim}, {int(y.sum())} planted outliers")
+        say(f"\n## N = {n:,} x {args.dim}, {int(y.sum())} planted outliers; load average {load()}")
         floor = floor_matmul(xt)
-        print(f"floor: blocked N x N x d matmul (torch.mm, fp32)      {floor:8.2f} s")
+        say(f"floor: blocked N x N x d matmul (torch.mm, fp32)          {floor:8.2f} s")
         with PeakRSS() as m:
             exact = knn(x, k=k)
         graph_s = m.seconds
-        print(f"exact kNN graph (knn, fp32 GEMM + top-k + refine)     {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
-              f"= {m.seconds / floor:.2f} x floor")
+        say(f"exact kNN graph (knn, symmetric: upper-triangle blocks) {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
+            f"= {m.seconds / floor:.2f} x floor; {exact.fallback_rows} rows re-searched in float64")
         ex = detectors(exact, k)
         for name, (s, sec) in ex.items():
-            print(f"  {name:6s} from the graph                               {sec:8.3f} s   AUROC {auroc(y, s):.4f}")
+            say(f"  {name:6s} from the graph                                 {sec:8.3f} s   AUROC {auroc(y, s):.4f}")
         four = graph_s + sum(ex[nm][1] for nm in ("k-dist", "LID", "SLOF", "DAO"))
-        print(f"exact k-dist+LID+SLOF+DAO total                        {four:8.2f} s")
+        say(f"exact k-dist+LID+SLOF+DAO total                          {four:8.2f} s   = {four / floor:.2f} x floor")
+        if n <= args.one_sided_max:
+            with PeakRSS() as m:
+                one = knn(x, k=k, symmetric=False)
+            same = bool((one.indices == exact.indices).all() and (one.distances == exact.distances).all())
+            say(f"exact kNN graph, one-sided (every block)                 {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
+                f"= {m.seconds / floor:.2f} x floor; identical to the symmetric graph: {same}")
+        t0 = time.perf_counter()
+        recall, checked = cdist_recall(x, exact, k, args.recall_rows, args.seed)
+        say(f"recall@{k} of the exact graph vs float64 torch.cdist on {checked} sampled rows: {recall:.6f} "
+            f"({time.perf_counter() - t0:.1f} s)")
         approx_totals = {}
         variants = []
         for method in args.approx:
@@ -164,29 +236,42 @@ def main(argv=None) -> None:
         for key, method, options, label in variants:
             with PeakRSS() as m:
                 approx = knn_approx(x, k=k, method=method, seed=args.seed, **options)
-            recall = neighbour_recall(approx.indices, exact.indices)
-            print(f"approx kNN graph (faiss {label}, build+search) {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
-                  f"recall@{k} {recall:.4f}")
+            approx_recall = neighbour_recall(approx.indices, exact.indices)
+            say(f"approx kNN graph (faiss {label}, build+search) {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
+                f"recall@{k} {approx_recall:.4f}")
             ap = detectors(approx, k)
             for name, (s, sec) in ap.items():
-                print(f"  {name:6s} on the approximate graph                   {sec:8.3f} s   AUROC {auroc(y, s):.4f} "
-                      f"(exact {auroc(y, ex[name][0]):.4f}, diff {auroc(y, s) - auroc(y, ex[name][0]):+.4f})")
+                say(f"  {name:6s} on the approximate graph                   {sec:8.3f} s   AUROC {auroc(y, s):.4f} "
+                    f"(exact {auroc(y, ex[name][0]):.4f}, diff {auroc(y, s) - auroc(y, ex[name][0]):+.4f})")
             approx_totals[key] = m.seconds + sum(ap[nm][1] for nm in ("k-dist", "LID", "SLOF", "DAO"))
-            print(f"approx ({key}) k-dist+LID+SLOF+DAO total              {approx_totals[key]:8.2f} s")
+            say(f"approx ({key}) k-dist+LID+SLOF+DAO total              {approx_totals[key]:8.2f} s")
+        sk_ratio = None
         if args.skip_sklearn:
-            print("sklearn LocalOutlierFactor: skipped (--skip-sklearn)")
-            continue
-        from sklearn.neighbors import LocalOutlierFactor
+            say("sklearn LocalOutlierFactor: skipped (--skip-sklearn)")
+        else:
+            from sklearn.neighbors import LocalOutlierFactor
 
-        with PeakRSS() as m:
-            model = LocalOutlierFactor(n_neighbors=k, algorithm="brute").fit(x)
-        sk = -model.negative_outlier_factor_
-        ours_lof = ex["LOF"][0]
-        print(f"sklearn LocalOutlierFactor(n_neighbors={k}, brute) fit  {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
-              f"AUROC {auroc(y, sk):.4f}; max |ours - sklearn| {np.abs(ours_lof - sk).max():.2e}")
-        print(f"  speed-up vs sklearn LOF: exact graph+LOF {m.seconds / (graph_s + ex['LOF'][1]):.1f} x, "
-              f"exact four detectors {m.seconds / four:.1f} x, "
-              + ", ".join(f"approx {a} four detectors {m.seconds / t:.1f} x" for a, t in approx_totals.items()))
+            with PeakRSS() as m:
+                model = LocalOutlierFactor(n_neighbors=k, algorithm="brute").fit(x)
+            sk = -model.negative_outlier_factor_
+            sk_ratio = m.seconds / four
+            say(f"sklearn LocalOutlierFactor(n_neighbors={k}, brute) fit   {m.seconds:8.2f} s   {m.mib:7.0f} MiB   "
+                f"AUROC {auroc(y, sk):.4f}; max |ours - sklearn| {np.abs(ex['LOF'][0] - sk).max():.2e} (sklearn: fp32)")
+            say(f"  speed-up vs sklearn LOF: exact graph+LOF {m.seconds / (graph_s + ex['LOF'][1]):.1f} x, "
+                f"exact four detectors {sk_ratio:.1f} x, "
+                + ", ".join(f"approx {a} four detectors {m.seconds / t:.1f} x" for a, t in approx_totals.items()))
+        summary.append((n, four / floor, sk_ratio, recall))
+    if args.cd_images:
+        cd_timing(args.cd_model, args.cd_images, args.seed, say, load)
+    say(f"\n## targets (exact k-dist+LID+SLOF+DAO); load average at end {load()}")
+    say(f"{'N':>9}  {'time / floor':>14} {'target':>8}  {'sklearn LOF / ours':>19} {'target':>8}  "
+        f"{'recall vs cdist':>15} {'target':>7}")
+    for n, r_floor, r_sk, rec in summary:
+        sk_text = "skipped" if r_sk is None else f"{r_sk:.2f} x"
+        say(f"{n:>9,}  {r_floor:>12.2f} x {'<= ' + str(TARGET_FLOOR):>8}  {sk_text:>19} {'>= ' + str(TARGET_SKLEARN):>8}  "
+            f"{rec:>15.6f} {'1.0':>7}")
+    atomic_write_text(args.output, "\n".join(lines) + "\n")
+    print(f"# written to {args.output}")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def test_symmetric_search_equals_one_sided_and_cdist(exclude):
     """The symmetric search (upper-triangle blocks, rows and columns updated) finds exactly the neighbours of the
     one-sided search and of float64 torch.cdist; 1,204 points (not a multiple of the block or group size) in
     blocks of 256 exercise the cluster ordering, padding, and the threshold filter's three outcomes (nothing
-    below the thresholds, a few tiles opened, a busy block read a second time)."""
+    below the thresholds, a few groups or tiles opened, a busy side compared entry by entry)."""
     x, _ = _planted(n=1200, d=12)
     x[7] = x[3]
     x[8] = x[3]                                              # a triple of identical points

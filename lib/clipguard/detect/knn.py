@@ -192,6 +192,9 @@ def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
 #: Threshold filter granularity: a block is scanned as the minima of groups of GROUP strided entries per row (and
 #: per column); only groups whose minimum beats the current k-th candidate distance are opened.
 GROUP = 16
+#: A block side is "busy" when its lists have more than BUSY groups below their thresholds on average (a cluster
+#: split between two blocks); it then compares every entry with the thresholds rather than opening groups.
+BUSY = 2
 
 
 class _Lists:
@@ -286,27 +289,54 @@ class _Lists:
         self._open(col0, (G.amin(0) if minima is None else minima).T, gather)
 
     def update_both(self, D: torch.Tensor, row0: int, col0: int) -> None:
-        """A block above the diagonal of a symmetric search, read once: the row-group minima serve the columns'
-        lists, and their minima over column groups (``GROUP x GROUP`` strided tiles) the rows' lists, which open
-        only the tiles below the largest threshold of the tile's rows. When many tiles qualify (a cluster split
-        between the two blocks) the rows take the second pass of :meth:`update_rows` instead."""
+        """A block above the diagonal of a symmetric search. One pass gives the row-group minima; they serve the
+        columns' lists, and their minima over column groups (``GROUP x GROUP`` strided tiles) the rows' lists,
+        which open only the tiles below the largest threshold of the tile's rows. A busy side (a cluster split
+        between the two blocks: many groups below the thresholds) takes its entries below threshold straight from
+        a comparison of the block instead (:meth:`_below`)."""
         bi, bj = D.shape
         ngr, ngc = bi // GROUP, bj // GROUP
         minima = D.view(GROUP, ngr, bj).amin(0)                                  # [ngr, bj]
-        self.update_columns(D, row0, col0, minima)
+        thr_cols = self.values[col0:col0 + bj, -1]
+        if int((minima < thr_cols).sum()) > BUSY * bj:
+            self._below(D, thr_cols, col0, row0, columns=True)
+        else:
+            self.update_columns(D, row0, col0, minima)
         thr = self.values[row0:row0 + bi, -1]
         tiles = minima.view(ngr, GROUP, ngc).amin(1)                             # [ngr, ngc]
         r, c = (tiles < thr.view(GROUP, ngr).amax(0)[:, None]).nonzero(as_tuple=True)
         if r.numel() == 0:
             return
-        if r.numel() * GROUP > tiles.numel():
-            return self.update_rows(D, row0, col0)
+        if r.numel() * GROUP * GROUP > BUSY * bi * GROUP:
+            return self._below(D, thr, row0, col0, columns=False)
         step = torch.arange(GROUP, device=D.device)
         rows, cols = r[:, None] + step * ngr, c[:, None] + step * ngc                 # [n, GROUP] each
         values = D[rows[:, :, None], cols[:, None, :]]                                 # [n, GROUP, GROUP]
         keep = values < thr[rows][:, :, None]
         self._merge_triples(row0 + rows[:, :, None].expand_as(values)[keep],
                             col0 + cols[:, None, :].expand_as(values)[keep], values[keep])
+
+    def _below(self, D: torch.Tensor, thr: torch.Tensor, list0: int, other0: int, columns: bool) -> None:
+        """Every entry of ``D`` below its row's (``columns``: its column's) threshold, merged per list: grouped by
+        list (``nonzero``'s row-major order for rows; one stable sort of the few hits for columns), then padded
+        into one row per list of a ``[lists, most candidates]`` matrix."""
+        if columns:
+            others, lists = (D < thr[None, :]).nonzero(as_tuple=True)
+            order = torch.argsort(lists, stable=True)
+            others, lists = others[order], lists[order]
+            values = D[others, lists]
+        else:
+            lists, others = (D < thr[:, None]).nonzero(as_tuple=True)
+            values = D[lists, others]
+        if lists.numel() == 0:
+            return
+        ids, counts = torch.unique_consecutive(lists, return_counts=True)
+        row = torch.repeat_interleave(torch.arange(len(ids), device=D.device), counts)
+        rank = torch.arange(len(lists), device=D.device) - (torch.cumsum(counts, 0) - counts)[row]
+        padded_v = values.new_full((len(ids), int(counts.max())), float("inf"))
+        padded_i = torch.full_like(padded_v, -1, dtype=torch.int64)
+        padded_v[row, rank], padded_i[row, rank] = values, other0 + others
+        self._merge(list0 + ids, padded_v, padded_i)
 
 
 @contextlib.contextmanager
