@@ -205,7 +205,9 @@ class _Lists:
     column (``update_columns``): a list's K best entries in the block lie in the (at most K) groups of smallest
     minimum, and only groups whose minimum beats the list's threshold can improve it, so each list opens
     ``min(K, groups below its threshold)`` groups and merges those ``GROUP``-entry groups with ``topk``. Lists
-    with nothing below their threshold are skipped; no sort and no full-width ``topk`` of the block."""
+    with nothing below their threshold are skipped; no full-width ``topk`` of the block. Blocks above the
+    diagonal of a symmetric search (``update_both``) serve rows and columns from one pass of minima, and a
+    busy side compares every entry with its thresholds instead (``_below``)."""
 
     def __init__(self, n: int, K: int, dtype, device):
         self.values = torch.full((n, K), float("inf"), dtype=dtype, device=device)
