@@ -47,22 +47,28 @@ def test_changed_config_or_data_never_reuses(store):
 def test_changed_code_never_reuses(store, monkeypatch):
     calls = []
     store.get_or_train({"lr": 0.1}, _trainer(calls))
-    monkeypatch.setattr(runs, "code_identity", lambda: "something-else")
+    monkeypatch.setattr(runs, "code_identity", lambda *args, **kwargs: "something-else")
     store.get_or_train({"lr": 0.1}, _trainer(calls))
     assert len(calls) == 2
 
 
-def test_code_identity_ignores_presentation_and_consumer_modules(tmp_path):
+def test_code_identity_follows_the_syntax_of_the_named_modules(tmp_path):
     package = tmp_path / "pkg"
     (package / "detect").mkdir(parents=True)
-    for name in ("train.py", "plots.py", "detect/knn.py"):
-        (package / name).write_text("x = 1\n")
-    before = runs.code_identity(package)
-    (package / "plots.py").write_text("x = 2\n")
+    for name in ("train.py", "book.py", "detect/knn.py"):
+        (package / name).write_text('"""Docstring."""\nx = 1  # comment\n')
+    default = runs.code_identity(package_dir=package)  # every module but presentation and consumers
+    train_only = runs.code_identity(["clipguard.train"], package)
+    (package / "book.py").write_text("x = 2\n")
     (package / "detect" / "knn.py").write_text("x = 2\n")
-    assert runs.code_identity(package) == before
-    (package / "train.py").write_text("x = 2\n")
-    assert runs.code_identity(package) != before
+    assert runs.code_identity(package_dir=package) == default
+    (package / "train.py").write_text('"""Reworded."""\n\nx = 1  # another comment\n')
+    assert runs.code_identity(["clipguard.train"], package) == train_only
+    (package / "train.py").write_text("x = 3\n")
+    assert runs.code_identity(["clipguard.train"], package) != train_only
+    assert runs.code_identity(package_dir=package) != default
+    with pytest.raises(ValueError, match="no module"):
+        runs.code_identity(["clipguard.missing"], package)
 
 
 def test_failed_training_leaves_no_complete_run(store):
