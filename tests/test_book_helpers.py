@@ -226,3 +226,9 @@ def test_headline_sections_are_headings_of_their_chapters():
         headings = {line.lstrip("#").strip() for cell in nb["cells"] if cell["cell_type"] == "markdown"
                     for line in "".join(cell["source"]).splitlines() if line.startswith("#")}
         assert h.section in headings, (h.key, h.section)
+
+
+def test_rerun_cell_names_profile_and_page():
+    text = formatting.rerun("cpu", "roclip_defence").data
+    assert "--profile cpu --only roclip_defence" in text and "notebooks build" in text
+    assert not text.lstrip().startswith("---")  # a transition inside an output breaks the Sphinx build
