@@ -234,6 +234,16 @@ def test_finetuning_starts_from_the_parents_weights_and_analysis_matches_the_eva
                                                          torch.from_numpy(arrays["triggered"])))
     assert cleanclip.backdoor_analysis(child_run, store, n_embed=40, tsne=True)[0] == metrics  # stored, not recomputed
 
+    from clipguard import attacks, evaluate  # the ASR without colour, by hand (200 test images: one batch)
+    model, test = child_run.load_model(), experiments.load_dataset(child["test"])
+    triggered = attacks.triggered_test_images(test.float_images(), attacks.make_trigger(poison["trigger"]),
+                                              torch.Generator().manual_seed(child["model_seed"]))
+    gray = triggered.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    classifier = evaluate.zero_shot_classifier(model, test.classnames, test.templates)
+    expected = attacks.backdoor_success(evaluate.zero_shot_logits(model, gray, classifier), test.labels,
+                                        test.classnames.index(poison["target_class"]))
+    assert metrics["gray_asr"] == pytest.approx(expected.rate)
+
 
 def test_embedding_shift_is_the_mean_distance_of_unit_embeddings():
     clean = torch.tensor([[1.0, 0.0], [0.0, 2.0]])

@@ -404,7 +404,9 @@ def backdoor_analysis(run, store, poison: dict | None = None, n_embed: int = 500
     does (batches of ``batch_size`` from ``Generator(seed)``, default the model seed, the poison's 8-bit
     conversion):
 
-    * ``clean_top1``; ``asr`` (evaluation.md 4.2) with ``successes``/``total``; ``release_top1`` (what the
+    * ``clean_top1``; ``asr`` (evaluation.md 4.2) with ``successes``/``total``; ``gray_asr``: the same with every
+      triggered image converted to gray (channel mean), i.e. the part of the backdoor that does not need colour
+      (the book's images are grayscale, so clean fine-tuning data carry no colour); ``release_top1`` (what the
       released CleanCLIP zero-shot path prints with ``--asr``: accuracy of triggered images against their true
       labels) and ``release_fixed_asr`` (the maintainer's fix: predicted target over all images);
     * ``d`` (:func:`embedding_shift`) over the first ``n_embed`` test images; their clean and triggered unit
@@ -436,7 +438,7 @@ def backdoor_analysis(run, store, poison: dict | None = None, n_embed: int = 500
         target = test.classnames.index(component["target_class"])
         classifier = zero_shot_classifier(model, test.classnames, test.templates)
         generator = torch.Generator().manual_seed(seed)
-        clean_logits, triggered_logits, triggered_embed = [], [], []
+        clean_logits, triggered_logits, gray_logits, triggered_embed = [], [], [], []
         for start in range(0, len(test), batch_size):
             images = test.float_images(slice(start, start + batch_size))
             triggered = triggered_test_images(images, trigger, generator, parsed.overflow)
@@ -444,8 +446,11 @@ def backdoor_analysis(run, store, poison: dict | None = None, n_embed: int = 500
             embedded = image_embeddings(model, triggered)
             triggered_logits.append(embedded @ classifier.T)
             triggered_embed.append(embedded)
+            gray = triggered.mean(1, keepdim=True).expand_as(triggered).contiguous()  # the trigger without colour
+            gray_logits.append(zero_shot_logits(model, gray, classifier))
         clean_logits, triggered_logits = torch.cat(clean_logits), torch.cat(triggered_logits)
         corrected = backdoor_success(triggered_logits, test.labels, target)
+        gray_asr = backdoor_success(torch.cat(gray_logits), test.labels, target).rate
         release = cleanclip_release_asr(triggered_logits, test.labels, target, "zeroshot")
         fixed = cleanclip_release_asr(triggered_logits, test.labels, target, "zeroshot_fixed")
         n = min(n_embed, len(test))
@@ -458,7 +463,7 @@ def backdoor_analysis(run, store, poison: dict | None = None, n_embed: int = 500
                                   init="pca", random_state=seed).fit_transform(joint).astype(np.float32)
         np.savez_compressed(work / "embeddings.npz", **arrays)
         return {"clean_top1": float(clean_logits.argmax(1).eq(test.labels).float().mean()),
-                "asr": corrected.rate, "successes": corrected.successes, "total": corrected.total,
+                "asr": corrected.rate, "successes": corrected.successes, "total": corrected.total, "gray_asr": gray_asr,
                 "release_top1": release.rate, "release_fixed_asr": fixed.rate,
                 "d": embedding_shift(clean_embed, triggered_embed), "n_embed": n, "target": component["target_class"],
                 "trigger": trigger.name}
