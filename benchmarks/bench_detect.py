@@ -268,8 +268,8 @@ def main(argv=None) -> None:
         f"{'recall vs cdist':>15} {'target':>7}")
     for n, r_floor, r_sk, rec in summary:
         sk_text = "skipped" if r_sk is None else f"{r_sk:.2f} x"
-        say(f"{n:>9,}  {r_floor:>12.2f} x {'<= ' + str(TARGET_FLOOR):>8}  {sk_text:>19} {'>= ' + str(TARGET_SKLEARN):>8}  "
-            f"{rec:>15.6f} {'1.0':>7}")
+        say(f"{n:>9,}  {r_floor:>12.2f} x {'<= ' + str(TARGET_FLOOR):>8}  {sk_text:>19} "
+            f"{'>= ' + str(TARGET_SKLEARN):>8}  {rec:>15.6f} {'1.0':>7}")
     atomic_write_text(args.output, "\n".join(lines) + "\n")
     print(f"# written to {args.output}")
 

@@ -594,8 +594,10 @@ def test_stored_scores_are_keyed_by_the_loss_values(tmp_path, monkeypatch):
     assert len(store.runs()) == 2          # same values -> the stored result, other values -> a new one
     # the epoch numbers of the rows are part of the key too
     first_epoch = {"abl": {"names": ["abl"], "abl_epochs": 1}}
-    c, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), first_epoch, losses=first, loss_epochs=np.array([1, 2]))
-    d, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), first_epoch, losses=first, loss_epochs=np.array([2, 1]))
+    c, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), first_epoch, losses=first,
+                                  loss_epochs=np.array([1, 2]))
+    d, _ = pipeline.stored_scores(store, _FakeRun(), _FakeDataset(), first_epoch, losses=first,
+                                  loss_epochs=np.array([2, 1]))
     np.testing.assert_allclose(c["abl/abl"], -first[0])
     np.testing.assert_allclose(d["abl/abl"], -first[1])
     # the fingerprint sees dtype and shape, not only the bytes

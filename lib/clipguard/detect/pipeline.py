@@ -70,7 +70,8 @@ def stored_scores(store, run, dataset, variants: dict[str, dict], seed: int = 0,
     holds the content hashes of ``losses`` and ``loss_epochs`` (the epoch number of each loss row, see
     :func:`tracked_losses`; :func:`array_fingerprint`), so other losses give other scores."""
     config = {"kind": "detector-scores", "run": run.id, "variants": variants, "seed": seed,
-              "detect_code": code_version(), "losses": array_fingerprint(losses), "loss_epochs": array_fingerprint(loss_epochs)}
+              "detect_code": code_version(), "losses": array_fingerprint(losses),
+              "loss_epochs": array_fingerprint(loss_epochs)}
 
     def compute(work: Path) -> dict:
         model = run.load_model()

@@ -355,7 +355,8 @@ def matching_rows(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
         where.setdefault(key, j)
     found = np.array([where.get(key, -1) for key in keys(query)], dtype=np.int64)
     hit = found >= 0
-    if hit.any() and not np.array_equal(np.asarray(query, np.float64)[hit], np.asarray(reference, np.float64)[found[hit]]):
+    same = np.array_equal(np.asarray(query, np.float64)[hit], np.asarray(reference, np.float64)[found[hit]])
+    if hit.any() and not same:
         raise RuntimeError("row hash collision between query and reference rows")
     return found
 
@@ -441,7 +442,8 @@ def score_many(names, image_emb=None, text_emb=None, k: int = 16, *, space: str 
             raise ValueError(f"images cover {len(images)} samples, embeddings {len(image_emb)}")
         from .cognitive_distillation import cognitive_distillation
 
-        out["cognitive_distillation"] = cognitive_distillation(model, images, **{"seed": seed, **(cd_options or {})}).score
+        cd = cognitive_distillation(model, images, **{"seed": seed, **(cd_options or {})})
+        out["cognitive_distillation"] = cd.score
     rest = [n for n in names if n not in ("abl", "cognitive_distillation")]
     if not rest:
         return {nm: out[nm] for nm in names}
