@@ -109,6 +109,15 @@ def test_attack_families_are_the_standard_specs():
         poison_spec(spec)   # every family is a valid poison spec
 
 
+def test_multi_target_family_builds(tiny_fashion):
+    from clipguard import attacks
+
+    spec = {**detection.attack_families("smoke")["multi_target"], "count": 6}
+    poisoned = attacks.build_poisoned(tiny_fashion, spec, seed=0)
+    assert poisoned.n_poison == 6
+    assert set(poisoned.manifest["target"]) == set(detection.MULTI_TARGETS)
+
+
 def test_attack_families_match_the_comparison_chapter():
     comparison = pytest.importorskip("clipguard.comparison")
     ours = detection.attack_families("cpu")
@@ -126,3 +135,36 @@ def test_family_asr():
         pytest.approx(0.4)
     with pytest.raises(ValueError, match="no attack success"):
         detection.family_asr(run("backdoor", zeroshot_top1=0.8))
+
+
+def test_cell_table_and_auroc_range():
+    import pandas as pd
+
+    results = pd.DataFrame({"family": ["patch", "patch", "sig", "sig"], "variant": ["b", "b", "b", "g"],
+                            "detector": ["dao", "slof", "dao", "dao"], "cell": ["99.0", "98.0", "50.0", "10.0"],
+                            "auroc": [0.99, 0.98, 0.50, 0.10]})
+    table = detection.cell_table(results, "b", ["dao", "slof"], ["sig", "patch"], {"sig": "SIG", "patch": "P"})
+    assert list(table.columns) == ["attack", "DAO", "SLOF"]
+    assert table.values.tolist()[0][:2] == ["SIG", "50.0"] and pd.isna(table.values[0][2])
+    assert table.values.tolist()[1] == ["P", "99.0", "98.0"]
+    assert detection.auroc_range(results, "b", "dao") == {"text": "50.0%–99.0%", "above": 1, "total": 2}
+    assert detection.auroc_range(results, "x", "dao")["text"] == "—"
+    with pytest.raises(KeyError, match="auroc_x"):
+        detection.cell_table(results, "b", ["dao"], ["sig"], {"sig": "SIG"}, value="auroc_x")
+
+
+def test_neighbour_poison_share():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(300, 4))
+    tight = 10 + 0.01 * rng.normal(size=(20, 4))          # 20 poisons far away, in one tight cluster
+    x, y = np.r_[clean, tight], np.r_[np.zeros(300, int), np.ones(20, int)]
+    # globally a poison's 5 neighbours are all poisons; with 20 poisons in a batch of 320, too
+    assert detection.neighbour_poison_share(x, y, k=5) == 1.0
+    assert detection.neighbour_poison_share(x, y, k=5, reference_size=320) == 1.0
+    # 30 neighbours cannot all be poisons: 19 of them at most
+    assert detection.neighbour_poison_share(x, y, k=30) == pytest.approx(19 / 30)
+    # in batches of 40, a poison has about 20 * 39 / 319 other poisons: far fewer than k = 10
+    share = detection.neighbour_poison_share(x, y, k=10, reference_size=40, seed=1)
+    assert share < 0.5
+    with pytest.raises(ValueError, match="no poisoned"):
+        detection.neighbour_poison_share(x, np.zeros(320, int))

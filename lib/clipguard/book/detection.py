@@ -28,7 +28,8 @@ from ..profiles import Profile, resolve
 
 __all__ = ["DETECTOR_LABELS", "FAMILY_LABELS", "MULTI_TRIGGERS", "MULTI_TARGETS", "attack_families", "family_asr",
            "auroc_interval", "auroc_frame", "interval_text", "poisons_per_reference", "expected_copies",
-           "first_crossing", "median_seconds", "machine_load", "stored_timings"]
+           "first_crossing", "median_seconds", "machine_load", "stored_timings", "time_detectors", "cell_table", "auroc_range",
+           "neighbour_poison_share"]
 
 #: Short column names of the detectors (the chapter's tables must fit the book's content column).
 DETECTOR_LABELS = {"k_distance": "k-dist", "lid": "LID", "slof": "SLOF", "dao": "DAO", "lof": "LOF",
@@ -43,7 +44,7 @@ FAMILY_LABELS = {"patch": "BadNet patch", "blended": "Blended", "sig": "SIG", "w
 #: the Nashville filter and a WaNet warp), as the comparison chapter uses them.
 MULTI_TRIGGERS = ({"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"})
 #: The target of each trigger in the multi-target variant (the first is the standard backdoor's target).
-MULTI_TARGETS = ("bag", "sneaker", "trouser")
+MULTI_TARGETS = ("bag", "sneaker", "trousers")
 
 
 def _profile(profile: str | Profile) -> Profile:
@@ -231,3 +232,97 @@ def stored_timings(store, config: dict, measure: Callable[[], dict[str, float]])
 
     result = store.get_or_compute({"kind": "detector-timings", **config}, compute)
     return result.metrics["seconds"], {"before": result.metrics["load_before"], "after": result.metrics["load_after"]}
+
+
+def time_detectors(model, dataset, losses: np.ndarray, k: int = 16, batch: int = 256, repeats: int = 3,
+                   loss_epochs: int = 10, cd_images: int = 64, seed: int = 0) -> dict[str, float]:
+    """Median wall seconds (over ``repeats``) of each detector on ``dataset`` (N pairs) with ``model``:
+
+    * ``embed``: the image and caption embedding pass every embedding-based detector needs first;
+    * ``<detector>``: its score from the embeddings (k_distance, lid, slof, dao, lof, isolation_forest against
+      batch-local references of ``batch``; ``dao (global)`` against all pairs; clip_score; abl from ``losses``);
+    * ``abl loss pass``: one pass of per-pair losses over the dataset (ABL needs one after each of its first
+      ``loss_epochs`` epochs: multiply);
+    * ``cognitive_distillation``: its optimisation on the first ``cd_images`` images in one batch, scaled to N
+      (each image's mask is optimised on its own, so the cost is linear in N).
+
+    Everything is per N pairs (scale by 10,000 / N for the book's "per 10k")."""
+    from ..detect import cognitive_distillation, embed, score_many
+    from ..evaluate import pair_statistics
+
+    n = len(dataset)
+    image, text = embed(model, dataset)
+    out = {"embed": median_seconds(lambda: embed(model, dataset), repeats)[0]}
+    options = {"k": k, "reference": "batch", "batch_size": batch, "seed": seed}
+    for name in ("k_distance", "lid", "slof", "dao", "lof", "isolation_forest"):
+        out[name] = median_seconds(lambda: score_many([name], image, text, **options), repeats)[0]
+    out["dao (global)"] = median_seconds(lambda: score_many(["dao"], image, text, k=k), repeats)[0]
+    out["clip_score"] = median_seconds(lambda: score_many(["clip_score"], image, text), repeats)[0]
+    out["abl"] = median_seconds(lambda: score_many(["abl"], losses=losses, abl_epochs=min(loss_epochs, len(losses))),
+                                repeats)[0]
+    out["abl loss pass"] = median_seconds(lambda: pair_statistics(model, dataset), repeats)[0]
+    few = min(cd_images, n)
+    images = dataset.float_images(slice(0, few))
+    out["cognitive_distillation"] = median_seconds(
+        lambda: cognitive_distillation(model, images, seed=seed, batch_size=few), repeats)[0] * n / few
+    return out
+
+
+def cell_table(results: pd.DataFrame, variant: str, detectors: Sequence[str], families: Sequence[str],
+               row_labels: Mapping[str, str], value: str = "cell") -> pd.DataFrame:
+    """One variant of a long results frame (columns ``family``, ``variant``, ``detector`` and ``value``) as a table:
+    one row per family (in ``families`` order, named by ``row_labels``), one column per detector (short names of
+    :data:`DETECTOR_LABELS`); missing cells stay empty."""
+    missing = {"family", "variant", "detector", value} - set(results.columns)
+    if missing:
+        raise KeyError(f"cell_table: results lack column(s) {sorted(missing)}")
+    part = results[(results.variant == variant) & results.detector.isin(list(detectors))]
+    wide = part.pivot(index="family", columns="detector", values=value).reindex(index=list(families),
+                                                                                columns=list(detectors))
+    wide.index = [row_labels[f] for f in wide.index]
+    wide.columns = [DETECTOR_LABELS.get(d, d) for d in wide.columns]
+    return wide.reset_index().rename(columns={"index": "attack"})
+
+
+def auroc_range(results: pd.DataFrame, variant: str, detector: str, above: float = 0.97) -> dict:
+    """Over the rows of ``results`` for one variant and detector: the AUROC range as text (``"95.1%–99.8%"``, or
+    ``"—"`` when there are none), how many exceed ``above`` and how many there are."""
+    values = results[(results.variant == variant) & (results.detector == detector)].auroc
+    if not len(values):
+        return {"text": "—", "above": 0, "total": 0}
+    return {"text": f"{values.min():.1%}–{values.max():.1%}", "above": int((values > above).sum()),
+            "total": int(len(values))}
+
+
+def neighbour_poison_share(embeddings: np.ndarray, labels, k: int = 16, reference_size: int | None = None,
+                           seed: int = 0) -> float:
+    """Mean over the poisoned points of the share of their k nearest neighbours (Euclidean, self excluded) that are
+    poisoned too: against all points (``reference_size=None``) or within shuffled batches of ``reference_size``
+    (``numpy.random.default_rng(seed)``'s permutation, as the detectors' batch-local reference; a last batch
+    smaller than k + 1 joins the one before)."""
+    from ..detect import knn
+
+    x = np.asarray(embeddings)
+    y = np.asarray(labels).astype(bool)
+    if x.ndim != 2 or y.shape != (len(x),):
+        raise ValueError(f"embeddings [N, D] and labels [N] needed, got {x.shape} and {y.shape}")
+    if not y.any():
+        raise ValueError("no poisoned point among the labels")
+    n = len(x)
+    if reference_size is None:
+        blocks = [np.arange(n)]
+    else:
+        order = np.random.default_rng(seed).permutation(n)
+        blocks = [order[s:s + reference_size] for s in range(0, n, reference_size)]
+        if len(blocks) > 1 and len(blocks[-1]) < k + 1:
+            blocks[-2] = np.concatenate([blocks[-2], blocks.pop()])
+    shares = []
+    for block in blocks:
+        if len(block) < k + 1:
+            raise ValueError(f"a reference set of {len(block)} points has fewer than k + 1 = {k + 1}")
+        poisoned = y[block]
+        if not poisoned.any():
+            continue
+        graph = knn(x[block], None, k)
+        shares.append(poisoned[graph.indices[poisoned]].mean(1))
+    return float(np.concatenate(shares).mean())
