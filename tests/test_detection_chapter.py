@@ -168,3 +168,18 @@ def test_neighbour_poison_share():
     assert share < 0.5
     with pytest.raises(ValueError, match="no poisoned"):
         detection.neighbour_poison_share(x, np.zeros(320, int))
+
+
+def test_time_detectors_times_every_step(tiny_fashion):
+    from clipguard.models import build_model
+
+    model = build_model("clipguard-tiny", seed=0)
+    data = tiny_fashion.subset(np.arange(40))
+    losses = np.random.default_rng(0).random((3, len(data)))
+    seconds = detection.time_detectors(model, data, losses, k=4, batch=16, repeats=1, loss_epochs=2, cd_images=2,
+                                       cd_options={"steps": 2})
+    assert set(seconds) == {"embed", "k_distance", "lid", "slof", "dao", "lof", "isolation_forest", "dao (global)",
+                            "clip_score", "abl", "abl loss pass", "cognitive_distillation"}
+    assert all(v > 0 for v in seconds.values())
+    with pytest.raises(ValueError, match="repeats"):
+        detection.time_detectors(model, data, losses, repeats=0)

@@ -235,8 +235,11 @@ def stored_timings(store, config: dict, measure: Callable[[], dict[str, float]])
 
 
 def time_detectors(model, dataset, losses: np.ndarray, k: int = 16, batch: int = 256, repeats: int = 3,
-                   loss_epochs: int = 10, cd_images: int = 64, seed: int = 0) -> dict[str, float]:
-    """Median wall seconds (over ``repeats``) of each detector on ``dataset`` (N pairs) with ``model``:
+                   loss_epochs: int = 10, cd_images: int = 64, seed: int = 0, cd_options: dict | None = None
+                   ) -> dict[str, float]:
+    """Median wall seconds (over ``repeats`` rounds) of each detector on ``dataset`` (N pairs) with ``model``. Each
+    round times every step once, in turn, so that a change in machine load during the measurement hits all steps
+    alike rather than a few. Steps:
 
     * ``embed``: the image and caption embedding pass every embedding-based detector needs first;
     * ``<detector>``: its score from the embeddings (k_distance, lid, slof, dao, lof, isolation_forest against
@@ -244,27 +247,35 @@ def time_detectors(model, dataset, losses: np.ndarray, k: int = 16, batch: int =
     * ``abl loss pass``: one pass of per-pair losses over the dataset (ABL needs one after each of its first
       ``loss_epochs`` epochs: multiply);
     * ``cognitive_distillation``: its optimisation on the first ``cd_images`` images in one batch, scaled to N
-      (each image's mask is optimised on its own, so the cost is linear in N).
+      (each image's mask is optimised on its own, so the cost is linear in N); ``cd_options``: settings of
+      :class:`~clipguard.detect.cognitive_distillation.CognitiveDistillation` (default: the released ones).
 
     Everything is per N pairs (scale by 10,000 / N for the book's "per 10k")."""
     from ..detect import cognitive_distillation, embed, score_many
     from ..evaluate import pair_statistics
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     n = len(dataset)
     image, text = embed(model, dataset)
-    out = {"embed": median_seconds(lambda: embed(model, dataset), repeats)[0]}
-    options = {"k": k, "reference": "batch", "batch_size": batch, "seed": seed}
-    for name in ("k_distance", "lid", "slof", "dao", "lof", "isolation_forest"):
-        out[name] = median_seconds(lambda: score_many([name], image, text, **options), repeats)[0]
-    out["dao (global)"] = median_seconds(lambda: score_many(["dao"], image, text, k=k), repeats)[0]
-    out["clip_score"] = median_seconds(lambda: score_many(["clip_score"], image, text), repeats)[0]
-    out["abl"] = median_seconds(lambda: score_many(["abl"], losses=losses, abl_epochs=min(loss_epochs, len(losses))),
-                                repeats)[0]
-    out["abl loss pass"] = median_seconds(lambda: pair_statistics(model, dataset), repeats)[0]
     few = min(cd_images, n)
     images = dataset.float_images(slice(0, few))
-    out["cognitive_distillation"] = median_seconds(
-        lambda: cognitive_distillation(model, images, seed=seed, batch_size=few), repeats)[0] * n / few
+    options = {"k": k, "reference": "batch", "batch_size": batch, "seed": seed}
+    steps: dict[str, Callable[[], object]] = {"embed": lambda: embed(model, dataset)}
+    for name in ("k_distance", "lid", "slof", "dao", "lof", "isolation_forest"):
+        steps[name] = lambda name=name: score_many([name], image, text, **options)
+    steps["dao (global)"] = lambda: score_many(["dao"], image, text, k=k)
+    steps["clip_score"] = lambda: score_many(["clip_score"], image, text)
+    steps["abl"] = lambda: score_many(["abl"], losses=losses, abl_epochs=min(loss_epochs, len(losses)))
+    steps["abl loss pass"] = lambda: pair_statistics(model, dataset)
+    cd = {"seed": seed, "batch_size": few, **(cd_options or {})}
+    steps["cognitive_distillation"] = lambda: cognitive_distillation(model, images, **cd)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(median_seconds(step, 1)[0])
+    out = {name: statistics.median(values) for name, values in times.items()}
+    out["cognitive_distillation"] *= n / few
     return out
 
 
