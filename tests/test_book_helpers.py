@@ -85,6 +85,8 @@ def test_collapse_note_only_when_accuracy_falls_beyond_the_limit():
     note = checks.collapse_note({"zero-shot": 0.246, "linear probe": 0.40}, clip, who="RoCLIP with K = 2")
     assert "RoCLIP with K = 2's zero-shot 24.6% and linear probe 40.0% against CLIP's 81.8% and 81.0%" in note
     assert "collapsed" in note
+    costly = checks.collapse_note({"zero-shot": 0.613, "linear probe": 0.681}, clip)
+    assert "pays up to 20 points" in costly and "collapsed" not in costly
     with pytest.raises(KeyError):
         checks.collapse_note({"zero-shot": 0.5}, clip)
 

@@ -27,8 +27,10 @@ __all__ = ["ATTACK_TOOK", "COLLAPSE_DROP", "poison_rate", "run_poison_rate", "fo
 ATTACK_TOOK = 0.25
 
 #: A defended model whose accuracy falls by more than this (absolute, fraction) below plain CLIP's under the same
-#: attack has "collapsed" for the purpose of judging its attack success: the sentence must say so.
+#: attack pays for its attack success with accuracy: the sentence giving its attack success must say so.
 COLLAPSE_DROP = 0.10
+#: ... and by more than this it has collapsed: its attack success says little about the defence.
+COLLAPSED = 0.30
 
 
 def _fraction(value: float, name: str) -> float:
@@ -112,21 +114,24 @@ def utility_drop(defended: float, reference: float) -> float:
 
 
 def collapse_note(defended: Mapping[str, float], reference: Mapping[str, float], who: str = "this model",
-                  reference_name: str = "CLIP", max_drop: float = COLLAPSE_DROP) -> str:
+                  reference_name: str = "CLIP", max_drop: float = COLLAPSE_DROP, collapsed: float = COLLAPSED) -> str:
     """A clause to put next to a defended model's attack success: empty when every accuracy in ``defended``
     (e.g. ``{"zero-shot": 0.25, "linear probe": 0.40}``) is within ``max_drop`` of ``reference``'s; otherwise
-    "but {who}'s zero-shot is 25.0% and linear probe 40.0% against CLIP's 81.8% and 81.0%: the model has
-    collapsed, so its low attack success says little"."""
+    "but {who}'s zero-shot is 25.0% and linear probe 40.0% against CLIP's 81.8% and 81.0%: ..." ending with "the
+    model has collapsed, so its low attack success says little about the defence" (a loss over ``collapsed``) or
+    "it pays up to N points of accuracy for its low attack success"."""
     unknown = set(defended) ^ set(reference)
     if unknown:
         raise KeyError(f"collapse_note: defended and reference name different accuracies: {sorted(unknown)}")
-    if not any(utility_drop(defended[k], reference[k]) > max_drop for k in defended):
+    worst = max(utility_drop(defended[k], reference[k]) for k in defended)
+    if worst <= max_drop:
         return ""
     names = list(defended)
     ours = " and ".join(f"{k} {defended[k]:.1%}" for k in names)
     theirs = " and ".join(f"{reference[k]:.1%}" for k in names)
-    return (f"but {who}'s {ours} against {reference_name}'s {theirs}: the model has collapsed (more than "
-            f"{max_drop * 100:.0f} points lost), so its low attack success says little about the defence")
+    verdict = ("the model has collapsed, so its low attack success says little about the defence" if worst > collapsed
+               else f"it pays up to {100 * worst:.0f} points of accuracy for its low attack success")
+    return f"but {who}'s {ours} against {reference_name}'s {theirs}: {verdict}"
 
 
 def describe_auroc(auroc: float) -> str:
