@@ -120,6 +120,8 @@ def test_epoch_timing_drops_a_run_timed_under_load():
     assert t.pairs_per_second == pytest.approx(10_000 / 27.0)
     assert t.runs == 3 and t.epochs == 9
     assert "1 run timed under load" in t.note and "2.7× slower" in t.note
+    assert t.reliable
+    assert not timing.epoch_timing([fast[0], slow]).reliable  # one run left: nothing to compare it with
 
 
 def test_epoch_timing_median_is_robust_to_one_slow_epoch_and_skip_first():

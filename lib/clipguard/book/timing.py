@@ -38,6 +38,12 @@ class EpochTiming:
     slowest_ratio: float = 1.0      # slowest run's median epoch over the fastest's
 
     @property
+    def reliable(self) -> bool:
+        """At least two comparable runs agree (within the slow factor): one run, or runs timed under different
+        loads, give no trustworthy time; quote a benchmark instead."""
+        return self.runs - len(self.loaded) >= 2
+
+    @property
     def note(self) -> str:
         """What the figure rests on, for a table footnote or a sentence."""
         kept = self.runs - len(self.loaded)
