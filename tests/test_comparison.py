@@ -21,10 +21,12 @@ def test_standard_poisons_are_the_other_chapters_specs():
     assert list(poisons) == list(comparison.STANDARD_ATTACKS)
     assert poisons["targeted"] == scenarios.targeted_poison("smoke")
     assert poisons["patch"] == scenarios.backdoor_poison("smoke")
-    # the RoCLIP chapter's Table 6 builds these the same way
+    # the RoCLIP chapter's Table 6 builds these the same way (at the strengths that took there)
     assert poisons["blended"] == scenarios.backdoor_poison("smoke", trigger="blended")
-    assert poisons["label_consistent"] == scenarios.backdoor_poison("smoke", trigger="badnet_htba",
-                                                                    caption_source="keep")
+    assert poisons["wanet"] == scenarios.backdoor_poison("smoke", trigger={"name": "wanet", "s": 2})
+    assert poisons["label_consistent"] == scenarios.backdoor_poison(
+        "smoke", trigger={"name": "badnet_htba", "patch_fraction": 0.25}, caption_source="keep", rate=0.05)
+    assert poisons["label_consistent"]["count"] == round(0.05 * 1024)
     for name, poison in poisons.items():
         poison_spec({k: v for k, v in poison.items()})  # every spec parses
 
@@ -233,11 +235,12 @@ def test_stored_evaluation_equals_the_evaluator_run_in_training(tmp_path):
 
 
 def test_budget_defences():
-    out = comparison.budget_defences(["targeted", "sig"], ["dense_cluster"])
-    assert out == {"sig": list(comparison.BUDGET_DEFENCES["sig"]), "dense_cluster": ["clip", "dao_filter"]}
+    out = comparison.budget_defences(["targeted", "sig"], ["dense_cluster", "roclip_similar"])
+    assert out == {"sig": list(comparison.BUDGET_DEFENCES["sig"]), "dense_cluster": ["clip", "dao_filter"],
+                   "roclip_similar": ["clip", "clip_aug", "roclip"]}  # augmentation alone beside a pre-training one
     assert comparison.budget_defences(["sig"], ["dense_cluster"], "full") == {}
-    plan = comparison.plan_grid(["targeted", "sig", "dense_cluster"], ["clip", "roclip", "dao_filter"], [0, 1],
-                                defences_for=out)
+    plan = comparison.plan_grid(["targeted", "sig", "dense_cluster", "roclip_similar"],
+                                ["clip", "roclip", "dao_filter"], [0, 1], defences_for=out)
     assert plan["targeted"] == {"clip": [0, 1], "roclip": [0, 1], "dao_filter": [0, 1]}
     assert plan["dense_cluster"] == {"clip": [0], "dao_filter": [0]}
     with pytest.raises(ValueError, match="'budget' or 'full'"):
@@ -306,9 +309,26 @@ def test_comparison_figures_draw():
 def test_stored_evaluation_of_a_fine_tuned_run_reads_its_parents_attack(tmp_path):
     store = RunStore("smoke", root=tmp_path)
     parent = {**_tiny_spec(["zeroshot"]), "poison": scenarios.backdoor_poison("smoke", count=8)}
-    child = lambda evaluate: experiments.finetune_spec(parent, n=32, train={"epochs": 1}, evaluate=evaluate)  # noqa
-    bare = experiments.run(child(["zeroshot"]), store, progress=False)
+    child = lambda evaluate, **o: experiments.finetune_spec(parent, n=32, train={"epochs": 1}, evaluate=evaluate,  # noqa
+                                                             **o)
+    bare = experiments.run(child(["zeroshot"], probe_train=None), store, progress=False)  # as CleanCLIP's specs
     full = experiments.run(child(["zeroshot", "backdoor_asr", "linear_probe"]), store, progress=False)
-    extra = comparison.stored_evaluation(bare, child(["zeroshot"]), store, ["backdoor_asr", "linear_probe"])
+    extra = comparison.stored_evaluation(bare, child(["zeroshot"], probe_train=None), store,
+                                         ["backdoor_asr", "linear_probe"])
     for key in ("backdoor_asr", "backdoor_successes", "linear_probe_torch"):
         assert extra[key] == pytest.approx(full.metrics[key])
+
+
+def test_points_in_words():
+    from clipguard.book import comparison_plots
+
+    assert comparison_plots.points(0.171) == "17.1 points below"
+    assert comparison_plots.points(-0.02) == "2.0 points above"
+
+
+def test_holds_text():
+    from clipguard.book import comparison_plots
+
+    assert comparison_plots.holds_text(0.05, True) == "; it still defends (threshold 10%)."
+    assert comparison_plots.holds_text(0.5, True).startswith("; it no longer defends")
+    assert comparison_plots.holds_text(0.0, False) == "."

@@ -25,7 +25,7 @@ from .profiles import Profile, resolve
 from .runs import Run, RunStore, code_identity
 
 __all__ = ["STANDARD_ATTACKS", "ADAPTIVE_ATTACKS", "ADAPTIVE_TARGETS", "ATTACK_LABELS", "DEFENCE_KINDS",
-           "MULTI_TRIGGERS", "SIMILAR_PAIRS", "STRUCTURED_TRIGGER", "standard_poisons", "adaptive_poisons",
+           "MULTI_TRIGGERS", "SIMILAR_PAIRS", "STRUCTURED_TRIGGER", "WANET_STRENGTH", "LABEL_CONSISTENT", "standard_poisons", "adaptive_poisons",
            "badclip_poison", "BUDGET_DEFENCES", "budget_defences", "plan_grid", "grid_specs", "stored_evaluation", "cell_row", "cell_frame",
            "train_seconds", "detection_seconds", "relative_cost", "asr_interval", "summarise_cells", "Budget",
            "BUDGETS", "THREAT_MODELS", "HOLD", "MAX_DROP", "recommend", "pool_matching", "matching_log"]
@@ -51,6 +51,11 @@ DEFENCE_KINDS = {"clip": "none", "clip_aug": "pre-training", "roclip": "pre-trai
 MULTI_TRIGGERS = [{"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"}]
 #: RoCLIP Fig. 4's adaptive attack on Fashion-MNIST: the visually closest class pairs (the RoCLIP chapter's).
 SIMILAR_PAIRS = [["shirt", "t-shirt"], ["pullover", "coat"], ["sneaker", "ankle boot"], ["sandal", "sneaker"]]
+#: WaNet and label-consistent at the weakest strengths that took against plain CLIP in the RoCLIP chapter's Table 6
+#: sweep (the book's standard WaNet, s = 0.5, and label-consistent, 2% with a 2-pixel patch, stay below 1% at
+#: ``cpu``); the detection chapter uses the same.
+WANET_STRENGTH = 2.0
+LABEL_CONSISTENT = {"rate": 0.05, "patch_fraction": 0.25}
 #: A structured trigger (Perturb-and-Recover's point: structured patterns survive CleanCLIP): a checkerboard a
 #: quarter of the image side, at a fixed corner.
 STRUCTURED_TRIGGER = {"name": "badnet_checkerboard", "patch_fraction": 0.25, "placement": "top_left"}
@@ -62,13 +67,16 @@ def _profile(profile: str | Profile) -> Profile:
 
 def standard_poisons(profile: str | Profile) -> dict[str, dict]:
     """The poison spec of each standard attack at ``profile`` (the same specs the other chapters build: the
-    targeted and patch attacks of :mod:`clipguard.scenarios`, the RoCLIP chapter's Blended / WaNet /
-    label-consistent), so shared cells are shared runs."""
+    targeted and patch attacks of :mod:`clipguard.scenarios`, the RoCLIP chapter's Blended and its WaNet and
+    label-consistent at :data:`WANET_STRENGTH` and :data:`LABEL_CONSISTENT`, the detection chapter's SIG,
+    Nashville and multi-trigger), so shared cells are shared runs."""
     p = _profile(profile)
     backdoor = lambda **options: scenarios.backdoor_poison(p, **options)  # noqa: E731
+    consistent = {"name": "badnet_htba", "patch_fraction": LABEL_CONSISTENT["patch_fraction"]}
     return {"targeted": scenarios.targeted_poison(p), "patch": backdoor(),
-            "blended": backdoor(trigger="blended"), "sig": backdoor(trigger="sig"), "wanet": backdoor(trigger="wanet"),
-            "label_consistent": backdoor(trigger="badnet_htba", caption_source="keep"),
+            "blended": backdoor(trigger="blended"), "sig": backdoor(trigger="sig"),
+            "wanet": backdoor(trigger={"name": "wanet", "s": WANET_STRENGTH}),
+            "label_consistent": backdoor(trigger=consistent, caption_source="keep", rate=LABEL_CONSISTENT["rate"]),
             "nashville": backdoor(trigger="nashville"),
             "multi_trigger": backdoor(trigger={"name": "multi", "triggers": MULTI_TRIGGERS})}
 
@@ -139,19 +147,26 @@ def plan_grid(attacks: Sequence[str], defences: Sequence[str], seeds: Sequence[i
 
 #: The ``budget`` grid's defences on the standard attacks beyond targeted and patch (which get every defence): each
 #: defence on the backdoors its own paper evaluates (RoCLIP Table 6 and SafeCLIP's main table: Blended, WaNet,
-#: label-consistent; the detection paper's: SIG, Nashville, multi-trigger), the fine-tuning defences (cheap) on all.
-BUDGET_DEFENCES = {"blended": ("clip", "roclip", "safeclip", "cleanclip", "sufi"),
-                   "wanet": ("clip", "roclip", "safeclip", "cleanclip", "sufi"),
-                   "label_consistent": ("clip", "roclip", "safeclip", "cleanclip", "sufi"),
+#: label-consistent; the detection paper's: SIG, Nashville, multi-trigger), with augmentation alone wherever a
+#: pre-training defence is measured, and the fine-tuning defences (cheap) on all.
+BUDGET_DEFENCES = {"blended": ("clip", "clip_aug", "roclip", "safeclip", "cleanclip", "sufi"),
+                   "wanet": ("clip", "clip_aug", "roclip", "safeclip", "cleanclip", "sufi"),
+                   "label_consistent": ("clip", "clip_aug", "roclip", "safeclip", "cleanclip", "sufi"),
                    "sig": ("clip", "cleanclip", "sufi", "dao_filter"),
                    "nashville": ("clip", "cleanclip", "sufi", "dao_filter"),
                    "multi_trigger": ("clip", "cleanclip", "sufi", "dao_filter")}
 
 
+#: Defences the ``budget`` grid also measures an adaptive attack against, beyond the one it targets: the detector
+#: against the optimised BadCLIP patch (whose poisons need not look like outliers either).
+ADAPTIVE_EXTRA = {"badclip": ("dao_filter",)}
+
+
 def budget_defences(attacks: Sequence[str], adaptive: Sequence[str], grid: str = "budget") -> dict[str, list[str]]:
     """``defences_for`` of :func:`plan_grid`: with ``grid="budget"`` the standard attacks of
     :data:`BUDGET_DEFENCES` get those defences and each adaptive attack plain CLIP and the defence it targets
-    (:data:`ADAPTIVE_TARGETS`); with ``"full"``, every defence faces every attack (an empty mapping)."""
+    (:data:`ADAPTIVE_TARGETS`), plus augmentation alone where that defence is a pre-training one; with ``"full"``,
+    every defence faces every attack (an empty mapping)."""
     if grid == "full":
         return {}
     if grid != "budget":
@@ -160,7 +175,8 @@ def budget_defences(attacks: Sequence[str], adaptive: Sequence[str], grid: str =
     if unknown:
         raise ValueError(f"unknown adaptive attack(s) {unknown}; known: {sorted(ADAPTIVE_TARGETS)}")
     out = {a: list(BUDGET_DEFENCES[a]) for a in attacks if a in BUDGET_DEFENCES}
-    out.update({a: ["clip", ADAPTIVE_TARGETS[a]] for a in adaptive})
+    out.update({a: ["clip"] + (["clip_aug"] if DEFENCE_KINDS[ADAPTIVE_TARGETS[a]] == "pre-training" else [])
+                + [ADAPTIVE_TARGETS[a]] + list(ADAPTIVE_EXTRA.get(a, ())) for a in adaptive})
     return out
 
 
@@ -194,11 +210,12 @@ def grid_specs(profile: str | Profile, poisons: Mapping[str, dict], plan: Mappin
 # --------------------------------------------------------------------------------------------------------------
 
 def _evaluation_inputs(spec: dict) -> experiments.Prepared:
-    """What the evaluators of ``spec`` read. A fine-tuning spec that keeps its parent's test and probe sets is
-    evaluated against its parent's attack on those sets, so the parent's prepared inputs serve (and the clean
-    fine-tuning set, slow to draw, is not built)."""
+    """What the evaluators of ``spec`` read. A fine-tuning spec that keeps its parent's test set is evaluated
+    against its parent's attack on the parent's test and probe sets (the probe set every other cell of the grid
+    uses, also when the fine-tuning spec drops its own to save time), so the parent's prepared inputs serve and the
+    clean fine-tuning set, slow to draw, is not built."""
     parent = spec.get("init")
-    if parent and all(spec.get(k) == parent.get(k) for k in ("test", "probe_train")):
+    if parent and spec.get("test") == parent.get("test"):
         return _evaluation_inputs(parent)
     return experiments.prepare(spec).for_evaluation()
 

@@ -15,12 +15,25 @@ from matplotlib.patches import Rectangle
 
 from .formatting import NA
 
-__all__ = ["DEFENCE_LABELS", "cell_text", "grid_table", "asr_heatmap", "utility_vs_asr", "cost_vs_protection", "protection_frame"]
+__all__ = ["DEFENCE_LABELS", "points", "holds_text", "cell_text", "grid_table", "asr_heatmap", "utility_vs_asr", "cost_vs_protection", "protection_frame"]
 
 #: How the page names the book's defences (keys: :data:`clipguard.scenarios.DEFENCES`).
 DEFENCE_LABELS = {"clip": "CLIP (no defence)", "clip_aug": "CLIP + augmentation", "roclip": "RoCLIP",
                   "safeclip": "SafeCLIP", "cleanclip": "CleanCLIP", "sufi": "SuFi (supervised fine-tuning)",
                   "dao_filter": "DAO filter + retrain"}
+
+
+def points(drop: float) -> str:
+    """An accuracy difference in words: ``0.171`` -> ``"17.1 points below"``, ``-0.02`` -> ``"2.0 points above"``."""
+    return f"{abs(drop) * 100:.1f} points {'below' if drop > 0 else 'above'}"
+
+
+def holds_text(asr: float, took: bool, hold: float = 0.10) -> str:
+    """The end of a sentence about a defended run's attack success: "; it still defends (threshold 10%)." or
+    "; it no longer defends ..."; just "." when the attack did not take against plain CLIP (nothing to judge)."""
+    if not took:
+        return "."
+    return ("; it still defends" if asr <= hold else "; it no longer defends") + f" (threshold {hold:.0%})."
 
 
 def cell_text(asr: float, low: float, high: float, n: int | None = None) -> str:
@@ -83,6 +96,7 @@ def asr_heatmap(summary: pd.DataFrame, defences: Sequence[str], attacks: Sequenc
                 annot_kws={"fontsize": 7.5})
     if ax.collections and ax.collections[0].colorbar is not None:
         ax.collections[0].colorbar.ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    ax.grid(False)
     not_built, untaken, collapsed = set(not_built), set(untaken), set(collapsed)
     for i, d in enumerate(defences):
         for j, a in enumerate(attacks):
@@ -107,12 +121,15 @@ def utility_vs_asr(frame: pd.DataFrame, hue: str = "defence", style: str | None 
                    reference: Mapping[str, float] | None = None) -> plt.Figure:
     """Two panels, clean zero-shot and linear probe against attack success, one point per run (``frame``: one row
     per run with ``zeroshot``, ``linear_probe``, ``asr``); the good corner is bottom right. ``reference``: accuracies
-    of the clean model (dotted lines)."""
+    of the clean model (dotted lines). Colours and markers mean the same in both panels."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    hue_order = list(dict.fromkeys(frame[hue]))
+    palette = dict(zip(hue_order, sns.color_palette("colorblind", len(hue_order))))
+    style_order = list(dict.fromkeys(frame[style])) if style else None
     for ax, utility in zip(axes, ("zeroshot", "linear_probe")):
         part = frame.dropna(subset=[utility, "asr"])
-        sns.scatterplot(data=part, x=utility, y="asr", hue=hue, style=style, s=55, alpha=0.85, ax=ax,
-                        legend=ax is axes[-1])
+        sns.scatterplot(data=part, x=utility, y="asr", hue=hue, hue_order=hue_order, palette=palette, style=style,
+                        style_order=style_order, s=55, alpha=0.85, ax=ax, legend=ax is axes[-1])
         if reference and utility in reference:
             ax.axvline(reference[utility], color="k", ls=":", lw=1)
         ax.set_xlabel({"zeroshot": "clean zero-shot top-1", "linear_probe": "linear probe"}[utility])
@@ -153,13 +170,19 @@ def cost_vs_protection(protection: pd.DataFrame, labels: Mapping[str, str] | Non
     drop = protection["drop"].clip(lower=0)
     points = ax.scatter(protection["cost"], protection["asr"], c=drop * 100, cmap="viridis_r", s=90,
                         vmin=0, vmax=max(20.0, float(drop.max() * 100) if len(drop) else 20.0), edgecolor="k")
-    for _, row in protection.iterrows():
+    # stagger the labels of points that sit close together (most defences end near 0% success)
+    offsets = [(7, 5), (7, -11), (7, 17), (7, -23), (7, 29), (7, -35)]
+    placed: list[tuple[float, float]] = []
+    for _, row in protection.sort_values(["asr", "cost"]).iterrows():
+        near = sum(abs(row.cost - c) < 0.6 and abs(row.asr - a) < 0.08 for c, a in placed)
+        placed.append((row.cost, row.asr))
         ax.annotate(f"{(labels or {}).get(row.defence, row.defence)} ({int(row.attacks)})", (row.cost, row.asr),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+                    textcoords="offset points", xytext=offsets[near % len(offsets)], fontsize=8)
     fig = ax.get_figure()
     fig.colorbar(points, ax=ax, label="zero-shot points lost vs CLIP")
     ax.set_xlabel("defender's wall time / plain CLIP training")
     ax.set_ylabel("mean attack success (attacks that took)")
+    ax.set_title("label: defence (attacks it was measured on)", fontsize=9)
     ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
     ax.set_ylim(-0.05, 1.05)
     ax.axvline(1.0, color="k", ls=":", lw=1)
