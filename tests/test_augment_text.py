@@ -238,9 +238,12 @@ def test_prepared_epochs_are_looked_up_and_bounded(wordnet):
     for epoch in (1, 2, 3):
         augmenter.prepare_epoch(CAPTIONS, epoch)
     assert sorted(augmenter._prepared) == [2, 3]  # the two most recent
-    source, augmented = augmenter._prepared[3]
+    seen = []
+    augmenter.prepare_epoch(CAPTIONS, 4, background=True, warm=seen.append)  # e.g. the model's tokenizer
+    assert augmenter(CAPTIONS, 4) == seen[0] == A.CaptionAugmenter(seed=0, eda=A.EDA(wordnet=wordnet))(CAPTIONS, 4)
+    source, augmented = augmenter._prepared[4].result()
     augmented[1] = "planted"  # the step reads the prepared sentence, it does not recompute it
-    assert augmenter(CAPTIONS[:2], 3, [0, 1])[1] == "planted"
+    assert augmenter(CAPTIONS[:2], 4, [0, 1])[1] == "planted"
 
 
 def test_caption_augmenter_copies_without_its_worker():

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -291,15 +291,17 @@ class CaptionAugmenter:
     def _epoch_key(self, epoch: int | None) -> int | None:
         return int(epoch) if self.resample and epoch is not None else None
 
-    def prepare_epoch(self, captions: Sequence[str], epoch: int, background: bool = False) -> None:
+    def prepare_epoch(self, captions: Sequence[str], epoch: int, background: bool = False,
+                      warm: Callable[[list[str]], object] | None = None) -> None:
         """Augment every caption of ``epoch`` at once (``captions[i]`` is dataset row i, as ``indices`` count
         them), so that the training steps of that epoch only look their batch up. ``background=True`` computes
         in a worker thread and returns at once (e.g. the next epoch's captions while this epoch trains); a step
-        that needs them waits for it. The two most recently prepared epochs are kept."""
+        that needs them waits for it. ``warm``: called with the augmented captions in the same job, e.g. the
+        model's ``tokenize`` to fill its token cache off the step. The two most recently prepared epochs are kept."""
         key = self._epoch_key(epoch)
         if key in self._prepared:
             return
-        job = partial(self._augment_rows, list(captions), key)
+        job = partial(self._augment_rows, list(captions), key, warm)
         if background:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipguard-eda")
@@ -309,10 +311,13 @@ class CaptionAugmenter:
         while len(self._prepared) > 2:
             del self._prepared[next(iter(self._prepared))]
 
-    def _augment_rows(self, captions: list[str], epoch: int | None) -> tuple[list[str], list[str]]:
+    def _augment_rows(self, captions: list[str], epoch: int | None, warm: Callable | None
+                      ) -> tuple[list[str], list[str]]:
         with self._lock:
-            return captions, augment_captions(captions, self.seed, epoch, range(len(captions)), self.eda,
-                                              self.cache_dir)
+            augmented = augment_captions(captions, self.seed, epoch, range(len(captions)), self.eda, self.cache_dir)
+        if warm is not None:
+            warm(augmented)
+        return captions, augmented
 
     def _lookup(self, captions: Sequence[str], epoch: int | None, indices: Sequence[int]) -> list[str] | None:
         prepared = self._prepared.get(self._epoch_key(epoch))
