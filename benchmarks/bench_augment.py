@@ -9,7 +9,8 @@ module at git revision ``--baseline`` (default: the last commit before the batch
 current one; each policy is timed with both engines in alternation on the same batch and seeds, and the best of
 ``repeats`` counts, to damp noise from other processes on a shared machine. ``cpu ms`` is the calling thread's CPU
 time (with 1 torch thread: the work itself, unaffected by waiting for a core). EDA: the hook called batch by batch
-(in the step) against :meth:`CaptionAugmenter.prepare_epoch` once per epoch followed by per-batch look-ups.
+(in the step) against :meth:`CaptionAugmenter.prepare_epoch` once per epoch followed by per-batch look-ups, and
+the cost of tokenising the new sentences (the model caches tokens per string).
 """
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clipguard import augment, data
+from clipguard import augment, data, models
 from clipguard.scenarios import SMALL_IMAGE_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +108,22 @@ def caption_benchmarks(args) -> None:
           f"{in_step * 1e3:.2f} ms per batch; prepared: {prepared_step * 1e3:.3f} ms per batch in the step + "
           f"prepare_epoch {prepare:.2f} s per epoch ({prepare / len(batches) * 1e3:.2f} ms per batch); "
           "identical captions")
+    # the step also tokenises its captions; the model caches tokens per string, and EDA makes new strings
+    model = models.build_model("clipguard-tiny")
+    model.tokenize(captions)
+    fresh = [augment.CaptionAugmenter(seed=0, eda=eda)(captions, epoch) for epoch in (11, 12, 13)]
+    tokenize = min(_seconds(lambda: [model.tokenize(sentences[rows[0]:rows[-1] + 1]) for rows in batches])
+                   for sentences in fresh) / len(batches)
+    cached = _seconds(lambda: [model.tokenize(fresh[0][rows[0]:rows[-1] + 1]) for rows in batches]) / len(batches)
+    print(f"tokenising a batch of {args.batch} augmented captions (clipguard-tiny, open_clip BPE), best of 3 epochs: "
+          f"{tokenize * 1e3:.2f} ms new sentences, {cached * 1e3:.2f} ms once cached "
+          "(prepare_epoch(..., warm=model.tokenize) moves the first into the preparation)")
+
+
+def _seconds(job) -> float:
+    start = time.perf_counter()
+    job()
+    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -110,3 +110,20 @@ def test_per_pair_tracker_survives_a_resume(tmp_path):
         assert saved["epochs"].tolist() == [1, 2]
         for row, epoch in enumerate((1, 2)):
             assert np.array_equal(saved["loss"][row], straight.records[epoch][1].numpy())
+
+
+def test_captions_prepared_ahead_train_the_same_weights_as_augmenting_in_the_step():
+    from clipguard.augment import CaptionAugmenter
+
+    dataset = _small()
+    ahead = CaptionAugmenter(seed=3)
+    in_step = CaptionAugmenter(seed=3)
+
+    def unprepared(captions, epoch, indices):  # the same hook without prepare_epoch: EDA inside each step
+        return in_step(captions, epoch, indices)
+
+    runs = [train(models.build_model("clipguard-tiny", seed=0), dataset, objective=ClipObjective(text_augment=hook),
+                  config=_config(epochs=3)) for hook in (ahead, unprepared)]
+    assert ahead._prepared, "the objective prepared no epoch ahead"
+    for (name, pa), pb in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
+        assert torch.equal(pa, pb), name

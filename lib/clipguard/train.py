@@ -163,7 +163,19 @@ class ClipObjective:
         self.text_augment = text_augment
 
     def plan_epoch(self, ctx: Context) -> list[Pass]:
+        self.prepare_captions(ctx)
         return [Pass("clip", torch.arange(len(ctx.data)))]
+
+    def prepare_captions(self, ctx: Context) -> None:
+        """Take caption augmentation and its tokens off the step: this epoch's captions now, the next epoch's in a
+        worker thread while this one trains. The sentences are the ones the step would draw (seeded by epoch and
+        row), so results do not change."""
+        prepare = getattr(self.text_augment, "prepare_epoch", None)
+        if prepare is None:
+            return
+        prepare(ctx.data.captions, ctx.epoch, warm=ctx.model.tokenize)
+        if ctx.epoch + 1 < ctx.config.epochs:
+            prepare(ctx.data.captions, ctx.epoch + 1, background=True, warm=ctx.model.tokenize)
 
     def batch(self, ctx: Context, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and tokens of a batch, augmented when hooks are set."""

@@ -100,8 +100,9 @@ def benchmark_text(name: str, directory: Path = BENCHMARK_DIR) -> str:
 
 def benchmark_ratios(name: str = "bench_roclip", directory: Path = BENCHMARK_DIR) -> dict[str, float | str]:
     """The ratios a stored benchmark printed: for each line ``<label> ... <ratio>x <reference>`` the first ratio
-    keyed by its label, e.g. ``{"CLIP + augmentation": 1.41, ...}``; plus ``"measured"``: the header comment (when,
-    where, how loaded). ``bench_roclip`` also yields ``"RoCLIP averaged over K=3 epochs"`` and ``"... over CLIP
+    keyed by its label, e.g. ``{"CLIP + augmentation": 1.41, ...}`` (a file holding several runs: the first
+    one's); plus ``"measured"``: the header comment (when,
+    where, how loaded). ``bench_roclip`` also yields ``"RoCLIP averaged over K=3 epochs, <EDA mode>"`` and ``"... over CLIP
     with the same augmentation"``."""
     text = benchmark_text(name, directory)
     out: dict[str, float | str] = {}
@@ -110,15 +111,15 @@ def benchmark_ratios(name: str = "bench_roclip", directory: Path = BENCHMARK_DIR
     for line in text.splitlines():
         if line.startswith("#"):
             continue
-        averaged = re.match(r"\s*(RoCLIP averaged over K=\d+ epochs):\s*([\d.]+)x CLIP,\s*([\d.]+)x CLIP with the "
-                            r"same augmentation", line)
+        averaged = re.match(r"\s*(RoCLIP averaged over K=\d+ epochs(?:, [^:]+)?):\s*([\d.]+)x CLIP\b[^,]*,\s*"
+                            r"([\d.]+)x CLIP with the same augmentation", line)
         if averaged:
-            out[averaged.group(1)] = float(averaged.group(2))
-            out[averaged.group(1) + " over CLIP with the same augmentation"] = float(averaged.group(3))
+            out.setdefault(averaged.group(1), float(averaged.group(2)))
+            out.setdefault(averaged.group(1) + " over CLIP with the same augmentation", float(averaged.group(3)))
             continue
         row = re.match(r"\s*(\S.*?)\s{2,}.*?([\d.]+)x\s+\S", line)
         if row:
-            out[row.group(1).strip()] = float(row.group(2))
+            out.setdefault(row.group(1).strip(), float(row.group(2)))
     if len(out) == 1:
         raise ValueError(f"benchmarks/results/{name}.txt holds no ratio lines")
     return out

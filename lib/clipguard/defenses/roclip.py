@@ -150,6 +150,7 @@ class RoCLIPObjective(ClipObjective):
 
     def plan_epoch(self, ctx: Context) -> list[Pass]:
         self._pool_entries = self.config.pool_entries(len(ctx.data))
+        self.prepare_captions(ctx)
         name = "roclip" if self.is_roclip_epoch(ctx.epoch) else "clip"
         self._stats = {"clean_same": [], "clean_n": [], "poison_adv": [], "poison_n": []}
         return [Pass(name, torch.arange(len(ctx.data)))]
