@@ -135,6 +135,14 @@ def test_family_asr():
         pytest.approx(0.4)
     with pytest.raises(ValueError, match="no attack success"):
         detection.family_asr(run("backdoor", zeroshot_top1=0.8))
+    # a multi-target attack takes only if each of its triggers does
+    multi = run("backdoor", backdoor0_asr=0.0, backdoor1_asr=0.99, backdoor2_asr=0.01)
+    assert detection.component_asrs(multi) == [0.0, 0.99, 0.01]
+    assert detection.family_asr(multi) == pytest.approx(1.0 / 3) and not detection.family_took(multi)
+    assert detection.family_took(run("backdoor", backdoor0_asr=0.3, backdoor1_asr=0.9))
+    assert detection.family_took(run("backdoor", backdoor_asr=0.3)) and not detection.family_took(run(
+        "targeted", targeted_top1_asr=0.2))
+    assert detection.component_asrs(run("backdoor", backdoor_asr=0.3)) == []
 
 
 def test_cell_table_and_auroc_range():

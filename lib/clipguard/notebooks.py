@@ -181,7 +181,7 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = N
     finally:
         os.environ.pop(progress.LOG_VARIABLE, None)
     nb = json.loads(tmp.read_text())
-    removed = finish_page(nb, parameters, _defaults(notebook), notebook.stem)
+    removed = finish_page(nb, parameters, _defaults(notebook), f"{notebook.parent.name}/{notebook.stem}")
     nbformat.validate(nbformat.from_dict(nb))
     atomic_write_text(output, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     tmp.unlink(missing_ok=True)

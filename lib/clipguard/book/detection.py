@@ -23,10 +23,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import scenarios
+from .. import comparison as _comparison
 from ..profiles import Profile, resolve
 
 __all__ = ["DETECTOR_LABELS", "FAMILY_LABELS", "MULTI_TRIGGERS", "MULTI_TARGETS", "attack_families", "family_asr",
+           "component_asrs", "family_took",
            "auroc_interval", "auroc_frame", "interval_text", "poisons_per_reference", "expected_copies",
            "first_crossing", "median_seconds", "machine_load", "stored_timings", "time_detectors", "cell_table", "auroc_range",
            "neighbour_poison_share"]
@@ -42,7 +43,7 @@ FAMILY_LABELS = {"patch": "BadNet patch", "blended": "Blended", "sig": "SIG", "w
                  "targeted": "targeted poisoning"}
 #: The triggers of the multi-trigger attacks (the detection paper's ``cc3m_multi_trigger``: a checkerboard patch,
 #: the Nashville filter and a WaNet warp), as the comparison chapter uses them.
-MULTI_TRIGGERS = ({"name": "badnet_checkerboard"}, {"name": "nashville"}, {"name": "wanet"})
+MULTI_TRIGGERS = tuple(dict(t) for t in _comparison.MULTI_TRIGGERS)
 #: The target of each trigger in the multi-target variant (the first is the standard backdoor's target).
 MULTI_TARGETS = ("bag", "sneaker", "trousers")
 
@@ -52,23 +53,17 @@ def _profile(profile: str | Profile) -> Profile:
 
 
 def attack_families(profile: str | Profile) -> dict[str, dict]:
-    """The poison spec of each attack family of Table 1, keyed as :data:`FAMILY_LABELS`.
-
-    Backdoors are ``scenarios.backdoor_poison(profile, trigger=...)`` with default fields (the book's standard
-    count and target); label-consistent keeps the images' own captions (``caption_source="keep"``); the
-    multi-target variant gives each of its three trigger/target pairs the standard count (one target's backdoor is
-    as strong as the standard one); targeted poisoning is ``scenarios.targeted_poison(profile)``."""
+    """The poison spec of each attack family of Table 1, keyed as :data:`FAMILY_LABELS`: the comparison chapter's
+    standard attacks (:func:`clipguard.comparison.standard_poisons`, so both chapters share their runs) and the
+    multi-target variant, which gives each of its three trigger/target pairs the standard count (one target's
+    backdoor is as strong as the standard one)."""
     p = _profile(profile)
-    backdoor = lambda **options: scenarios.backdoor_poison(p, **options)  # noqa: E731
-    standard = backdoor()
-    multi_target = {"kind": "backdoor", "count": standard["count"] * len(MULTI_TRIGGERS),
-                    "components": [{"trigger": dict(t), "target_class": c} for t, c in zip(MULTI_TRIGGERS, MULTI_TARGETS)]}
-    return {"patch": standard, "blended": backdoor(trigger="blended"), "sig": backdoor(trigger="sig"),
-            "wanet": backdoor(trigger="wanet"),
-            "label_consistent": backdoor(trigger="badnet_htba", caption_source="keep"),
-            "nashville": backdoor(trigger="nashville"),
-            "multi_trigger": backdoor(trigger={"name": "multi", "triggers": [dict(t) for t in MULTI_TRIGGERS]}),
-            "multi_target": multi_target, "targeted": scenarios.targeted_poison(p)}
+    families = _comparison.standard_poisons(p)
+    standard = families["patch"]
+    families["multi_target"] = {
+        "kind": "backdoor", "count": standard["count"] * len(MULTI_TRIGGERS),
+        "components": [{"trigger": dict(t), "target_class": c} for t, c in zip(MULTI_TRIGGERS, MULTI_TARGETS)]}
+    return {name: families[name] for name in FAMILY_LABELS}
 
 
 def family_asr(run) -> float:
@@ -81,11 +76,32 @@ def family_asr(run) -> float:
     if kind == "backdoor":
         if metrics.get("backdoor_asr") is not None:
             return float(metrics["backdoor_asr"])
-        parts = [float(v) for key, v in sorted(metrics.items())
-                 if key.startswith("backdoor") and key.endswith("_asr") and key[len("backdoor"):-len("_asr")].isdigit()]
+        parts = component_asrs(run)
         if parts:
             return float(np.mean(parts))
     raise ValueError(f"run {run.id} has no attack success metric (poison kind {kind!r})")
+
+
+def component_asrs(run) -> list[float]:
+    """The per-trigger ASRs of a multi-target backdoor run (``backdoor0_asr``, ``backdoor1_asr``, ... in component
+    order); empty for any other run."""
+    metrics = run.metrics
+    found = {int(key[len("backdoor"):-len("_asr")]): float(v) for key, v in metrics.items()
+             if key.startswith("backdoor") and key.endswith("_asr") and key[len("backdoor"):-len("_asr")].isdigit()}
+    return [found[i] for i in sorted(found)]
+
+
+def family_took(run, threshold: float | None = None) -> bool:
+    """Whether an attack family took against plain CLIP (:func:`clipguard.book.checks.attack_took`): for a
+    multi-target backdoor, every one of its triggers must take (a mean over triggers could pass with one strong
+    trigger and two that did nothing)."""
+    from .checks import ATTACK_TOOK, attack_took
+
+    threshold = ATTACK_TOOK if threshold is None else threshold
+    parts = component_asrs(run)
+    if parts:
+        return all(attack_took(v, threshold) for v in parts)
+    return attack_took(family_asr(run), threshold)
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
