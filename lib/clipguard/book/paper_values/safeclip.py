@@ -10,7 +10,8 @@ run's identity.
 
 from __future__ import annotations
 
-__all__ = ["SAFECLIP", "SAFECLIP_SETTING", "SAFECLIP_HYPERPARAMETERS", "SAFECLIP_ABLATIONS", "SAFECLIP_SPLIT_LOGS"]
+__all__ = ["SAFECLIP", "SAFECLIP_SETTING", "SAFECLIP_HYPERPARAMETERS", "SAFECLIP_ABLATIONS", "SAFECLIP_SPLIT_LOGS",
+           "SAFECLIP_ABLATION_SETTING", "POISON_RANK_HIGHLIGHT"]
 
 SAFECLIP_SETTING = ("RN50 on a 1M CC3M subset (also Visual Genome and MSCOCO), 32 epochs: 5 unimodal warm-up, "
                     "1 low-lr CLIP, 26 main")
@@ -36,6 +37,8 @@ SAFECLIP_HYPERPARAMETERS = {
     "batch": "128 [1M run: 512 on 4 GPUs]",
     "lr (unimodal and main)": "5e-4",
     "low lr (CLIP warm-up epoch)": "5e-6 (0.01 x lr)",
+    "low lr x steps of that epoch": "0.01 (1M pairs, batch 512: 5e-6 x 1,953 steps) to 0.04 (batch 128: x 7,812)",
+    "unimodal share of the epochs": "5 of 32",
     "warm-up steps": "10,000 [1M run: 1,000]",
     "first-split threshold": "0.9",
     "safe-set step per epoch": "0.01",
@@ -43,6 +46,8 @@ SAFECLIP_HYPERPARAMETERS = {
     "memory bank": "off by default; 256 when on [1M run: on, 21,845]",
     "GMM": "2 components, random_state 0",
 }
+
+SAFECLIP_ABLATION_SETTING = "RN50 on CC3M subsets with 0.01%-0.05% poisons (development notebooks)"
 
 #: Development-notebook ablations [dev] (figures-and-tables.md B, items ii-vi); PSR = targeted attack success.
 SAFECLIP_ABLATIONS = {
@@ -65,3 +70,5 @@ SAFECLIP_SPLIT_LOGS = {
     "first-split boundary": "cosine about 0.195",
     "poison rank plot": "percentile of the poisons in the similarity ranking, first 15% highlighted",
 }
+#: The band the development notebooks' poison-rank plot highlights (percent of the ranking) [dev].
+POISON_RANK_HIGHLIGHT = 15
