@@ -276,6 +276,18 @@ def test_textbook_formulas_on_hand_graph():
     assert S.lid_mle(Neighbours(np.zeros((1, 3)), np.zeros((1, 3), int)))[0] == 0.0
 
 
+def test_dao_stays_finite_next_to_equidistant_duplicates():
+    # the targeted attack's copies of one image: the point at 1 has the 8 copies as neighbours, all at one distance,
+    # so its LID MLE is unbounded; the point at 2 has it as a neighbour at ratio 2, raised to that power. Its score
+    # saturates at the largest float (it ties at the top of a ranking) instead of overflowing to inf.
+    copies = np.zeros((8, 4))
+    clean = np.array([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [0, 5.0, 0, 0]])
+    x = torch.as_tensor(np.r_[copies, clean], dtype=torch.float32)
+    scores = score("dao", x, k=8)
+    assert np.isfinite(scores).all()
+    assert scores[9] == scores.max() > 1e307 and (scores[:9] < 2).all()
+
+
 def test_query_radius_switch_uses_r_k_plus_1():
     x = _data(duplicates=False)
     nb = knn(x, k=6)

@@ -160,7 +160,10 @@ def auroc_frame(labels, scores: Mapping[str, np.ndarray], n_boot: int = 1000, se
 
     rows = []
     for key, values in scores.items():
-        low, high = auroc_interval(labels, values, n_boot=n_boot, seed=seed)
+        try:
+            low, high = auroc_interval(labels, values, n_boot=n_boot, seed=seed)
+        except ValueError as error:
+            raise ValueError(f"scores {key!r}: {error}") from None
         rows.append({"key": key, "auroc": auroc(labels, values), "low": low, "high": high})
     return pd.DataFrame(rows, columns=["key", "auroc", "low", "high"])
 

@@ -32,6 +32,8 @@ __all__ = ["k_distance", "lid_mle", "slof", "dao", "lof", "isolation_forest", "c
 TINY = 1e-10
 #: Floor of r_i / r_k inside the LID logarithm (guards log 0 for duplicates; has no effect otherwise).
 LID_RATIO_FLOOR = 1e-12
+#: ln of the largest float64: DAO's power form saturates there instead of overflowing.
+LOG_FLOAT_MAX = float(np.log(np.finfo(np.float64).max))
 SPACES = ("image", "text", "joint")
 REFERENCES = ("global", "batch", "clean")
 
@@ -109,8 +111,10 @@ def dao(query: Neighbours, ref: Neighbours | None = None, k: int | None = None, 
         return terms.mean(1)
     if form != "power":
         raise ValueError(f"form must be 'power' or 'log', got {form!r}")
-    with np.errstate(over="ignore"):
-        return np.exp(logsumexp(terms, axis=1) - np.log(k))
+    # Saturate at the largest float64 rather than overflow to inf: a point whose neighbours are equidistant
+    # duplicates (e.g. the copies of a targeted-poisoning image) has an unbounded LID MLE, so its power can exceed
+    # e^709; such points tie at the top of the ranking.
+    return np.exp(np.minimum(logsumexp(terms, axis=1) - np.log(k), LOG_FLOAT_MAX))
 
 
 def lof(query: Neighbours, ref: Neighbours | None = None, k: int | None = None) -> np.ndarray:
