@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .defenses.roclip import RoCLIPConfig, RoCLIPObjective, nearest_in_pool
+from .defenses.roclip import RoCLIPConfig, RoCLIPObjective
 from .experiments import augment_modules, augmentation_hooks, register_objective
-from .losses import clip_loss, gather_features
 
 __all__ = ["distinct_match_loss", "RoCLIPDistinctObjective", "distinct_spec"]
 
@@ -44,24 +43,8 @@ class RoCLIPDistinctObjective(RoCLIPObjective):
 
     name = "roclip_distinct"
 
-    def loss(self, ctx, pass_name: str, model: torch.nn.Module, indices: torch.Tensor):
-        if pass_name != "roclip":
-            return super().loss(ctx, pass_name, model, indices)
-        images, tokens = self.batch(ctx, indices)
-        image_features, text_features, scale = model(images, tokens)
-        all_indices = indices
-        if ctx.world_size > 1:
-            (all_indices,) = gather_features(indices.to(ctx.device))
-            all_indices = all_indices.cpu()
-        image_features, text_features = gather_features(image_features, text_features)
-        if self.pool is None:
-            self._initialise_pool(ctx, text_features.shape[1])
-        match = nearest_in_pool(image_features.detach(), self.pool.embeddings())  # query before insert
-        matched = self.pool.embeddings()[match].to(image_features.device, image_features.dtype)
-        self._record(all_indices, self.pool.entry_categories()[match.cpu()])
-        loss = (distinct_match_loss(image_features, matched, match, scale)
-                + 0.0 * clip_loss(image_features, text_features, scale))
-        self.pool.push(text_features.detach(), self._category(all_indices))
+    def matching_loss(self, image_features, matched, match, scale):
+        loss = distinct_match_loss(image_features, matched, match, scale)
         return loss, {"distinct_matches": float(len(torch.unique(match))) / len(match)}
 
 

@@ -184,16 +184,23 @@ class RoCLIPObjective(ClipObjective):
         image_features, text_features = gather_features(image_features, text_features)
         if self.pool is None:
             self._initialise_pool(ctx, text_features.shape[1])
+        logs: dict[str, float] = {}
         if pass_name == "roclip":
             match = nearest_in_pool(image_features.detach(), self.pool.embeddings())  # query before insert
             matched = self.pool.embeddings()[match].to(image_features.device, image_features.dtype)
             self._record(all_indices, self.pool.entry_categories()[match.cpu()])
-            loss = roclip_loss(image_features, matched, scale) + 0.0 * clip_loss(image_features, text_features, scale)
+            loss, logs = self.matching_loss(image_features, matched, match, scale)
+            loss = loss + 0.0 * clip_loss(image_features, text_features, scale)
         else:
             loss = clip_loss(image_features, text_features, scale)
         if pass_name == "roclip" or self.config.refresh_in_clip_epochs:
             self.pool.push(text_features.detach(), self._category(all_indices))
-        return loss, {}
+        return loss, logs
+
+    def matching_loss(self, image_features: torch.Tensor, matched: torch.Tensor, match: torch.Tensor,
+                      scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a matching epoch's batch (Eq. 2) and its logs; ``match`` holds each image's pool entry."""
+        return roclip_loss(image_features, matched, scale), {}
 
     def _record(self, indices: torch.Tensor, matched_categories: torch.Tensor) -> None:
         own = self._category(indices)
