@@ -27,7 +27,7 @@ from . import progress
 from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
-           "run_all", "build_book"]
+           "run_all", "default_jobs", "build_book"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -151,7 +151,7 @@ class _ProgressTail:
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
         where = f"{record['group']} {record['step']}/{record['total']}: " if record.get("step") else ""
         elapsed = time.perf_counter() - self._started
-        print(f"    {where}{record['what']} — {record['status']} in {record['seconds']:.0f} s "
+        print(f"    [{self.label}] {where}{record['what']} — {record['status']} in {record['seconds']:.0f} s "
               f"(notebook elapsed {elapsed / 60:.1f} min)", flush=True)
 
 
@@ -192,26 +192,88 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = N
     return {"seconds": round(time.perf_counter() - started, 1), **tail.counts}
 
 
+def default_jobs(profile: str) -> int:
+    """Notebooks executed at once: one per core on the CPU profiles, at most four (each kernel then gets
+    ``cores // jobs`` threads; on two cores two one-thread kernels train 1.3x the pairs per second of one two-thread
+    kernel, measured by ``benchmarks/bench_train.py --section lanes``), one on ``gpu`` (one accelerator)."""
+    return 1 if profile == "gpu" else max(1, min(4, os.cpu_count() or 1))
+
+
+def _execute_in_lane(notebook: Path, output: Path, parameters: dict, threads: int) -> dict:
+    """:func:`execute` in a worker process whose kernels use ``threads`` threads (set before torch loads)."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    return execute(notebook, output, parameters)
+
+
 def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | None = None,
-            extra: dict | None = None, root: Path = NOTEBOOK_DIR) -> dict[str, float]:
-    """Execute every source notebook at ``profile`` into ``out_dir`` mirroring ``notebooks/``; stop at the first
-    failure (non-zero exit from the CLI). Prints each run as it is trained or reused, and a table at the end."""
+            extra: dict | None = None, root: Path = NOTEBOOK_DIR, jobs: int | None = None) -> dict[str, float]:
+    """Execute every source notebook at ``profile`` into ``out_dir`` mirroring ``notebooks/``, ``jobs`` at a time
+    in path order (default :func:`default_jobs`; notebooks that need the same run wait on the run store's lock, and
+    the first trains it). After a failure no further notebook starts, the running ones finish, and the error is
+    raised. Prints each run as it is trained or reused, and a table at the end."""
     notebooks = discover(root, only)
     if not notebooks:
         raise NotebookError(f"no notebooks under {root}" + (f" matching {only!r}" if only else ""))
+    jobs = max(1, min(jobs or default_jobs(profile), len(notebooks)))
+    parameters = {"profile": profile, **(extra or {})}
+    for notebook in notebooks:  # every notebook's parameters are checked before any runs
+        check_parameters(notebook, parameters)
+    started = time.perf_counter()
     results: dict[str, dict] = {}
-    for i, notebook in enumerate(notebooks, 1):
-        relative = notebook.relative_to(root)
-        print(f"[{i}/{len(notebooks)}] {relative} (profile={profile}) ...", flush=True)
-        results[str(relative)] = execute(notebook, out_dir / relative, {"profile": profile, **(extra or {})})
-        print(f"    done in {results[str(relative)]['seconds']:.1f} s", flush=True)
+    if jobs == 1:
+        for i, notebook in enumerate(notebooks, 1):
+            relative = notebook.relative_to(root)
+            print(f"[{i}/{len(notebooks)}] {relative} (profile={profile}) ...", flush=True)
+            results[str(relative)] = execute(notebook, out_dir / relative, parameters)
+            print(f"    done in {results[str(relative)]['seconds']:.1f} s", flush=True)
+    else:
+        results = _run_lanes(notebooks, root, out_dir, parameters, jobs)
+    wall = time.perf_counter() - started
     timings = {name: r["seconds"] for name, r in results.items()}
     summary = out_dir / f"timings-{profile}.json"
-    atomic_write_text(summary, json.dumps({"profile": profile, "seconds": timings, "notebooks": results,
-                                           "total": round(sum(timings.values()), 1)}, indent=2))
+    atomic_write_text(summary, json.dumps({"profile": profile, "jobs": jobs, "seconds": timings,
+                                           "notebooks": results, "total": round(sum(timings.values()), 1),
+                                           "wall_seconds": round(wall, 1)}, indent=2))
     print(summary_table(results))
-    print(f"executed {len(timings)} notebooks in {sum(timings.values()):.0f} s (profile={profile})")
+    print(f"executed {len(timings)} notebooks in {wall:.0f} s wall time, {jobs} at a time "
+          f"({sum(timings.values()):.0f} s summed over notebooks; profile={profile})")
     return timings
+
+
+def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dict, jobs: int) -> dict[str, dict]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(f"executing {len(notebooks)} notebooks, {jobs} at a time, {threads} thread(s) per kernel", flush=True)
+    queue = list(enumerate(notebooks, 1))
+    results: dict[str, dict] = {}
+    failure: BaseException | None = None
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {}
+        while queue or running:
+            while queue and failure is None and len(running) < jobs:
+                i, notebook = queue.pop(0)
+                relative = notebook.relative_to(root)
+                print(f"[{i}/{len(notebooks)}] {relative} (profile={parameters['profile']}) started", flush=True)
+                running[pool.submit(_execute_in_lane, notebook, out_dir / relative, parameters, threads)] = relative
+            if failure is not None:
+                queue.clear()
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                relative = running.pop(future)
+                try:
+                    results[str(relative)] = future.result()
+                    print(f"    {relative} done in {results[str(relative)]['seconds']:.1f} s", flush=True)
+                except BaseException as error:  # the first failure is raised once the running notebooks finish
+                    print(f"    {relative} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
+                    failure = failure or error
+    if failure is not None:
+        raise failure
+    return {str(n.relative_to(root)): results[str(n.relative_to(root))] for n in notebooks}
 
 
 def summary_table(results: dict[str, dict]) -> str:
@@ -306,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default="cpu", choices=PROFILES)
     run.add_argument("--only", help="substring of the notebook path to select")
     run.add_argument("--out", type=Path, default=BOOK_DIR / "executed")
+    run.add_argument("--jobs", type=int, help="notebooks executed at once (default: one per core, at most 4; "
+                                              "1 on gpu)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="extra parameter (JSON value), checked against each notebook's parameters cell")
     build = sub.add_parser("build", help="build the Jupyter Book from executed notebooks")
@@ -313,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            run_all(args.profile, args.out, args.only, {k: _parse_value(v) for k, v in args.parameter})
+            run_all(args.profile, args.out, args.only, {k: _parse_value(v) for k, v in args.parameter},
+                    jobs=args.jobs)
         else:
             build_book(args.book)
     except NotebookError as error:

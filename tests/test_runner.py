@@ -1,0 +1,57 @@
+"""The papermill runner's page finishing (title first, profile banner, collapsed parameters, no stderr residue),
+the mixed-profile check and the end-of-build table, on hand-made notebooks (no kernel needed)."""
+
+import json
+
+from clipguard import notebooks
+
+
+def _page() -> dict:
+    return {"metadata": {}, "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": ["profile = 'cpu'\nseeds = 3\n"],
+         "outputs": []},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": ["profile = 'smoke'\n"],
+         "outputs": []},
+        {"cell_type": "markdown", "metadata": {}, "source": ["# The chapter\n", "text"]},
+        {"cell_type": "code", "metadata": {}, "source": ["train()"], "outputs": [
+            {"output_type": "stream", "name": "stderr", "text": ["100%|#####| 8/8\n"]},
+            {"output_type": "stream", "name": "stdout", "text": ["done\n"]}]},
+    ]}
+
+
+def test_finish_page_puts_title_and_banner_first_and_drops_stderr():
+    nb = _page()
+    removed = notebooks.finish_page(nb, {"profile": "smoke", "seeds": 1}, {"profile": "'cpu'", "seeds": "3"},
+                                    "04_safeclip/safeclip_defence")
+    cells = nb["cells"]
+    assert "".join(cells[0]["source"]).startswith("# The chapter")
+    banner = "".join(cells[1]["source"])
+    assert "profile `smoke`" in banner and "`seeds = 1`" in banner and "--only 04_safeclip/safeclip_defence" in banner
+    assert removed == ["100%|#####| 8/8\n"]
+    outputs = [o for c in cells for o in c.get("outputs", [])]
+    assert outputs == [{"output_type": "stream", "name": "stdout", "text": ["done\n"]}]
+    tagged = [c for c in cells if {"parameters", "injected-parameters"} & set(c["metadata"].get("tags", []))]
+    assert len(tagged) == 2 and all("hide-cell" in c["metadata"]["tags"] for c in tagged)
+    assert nb["metadata"]["clipguard"]["profile"] == "smoke"
+
+
+def test_banner_lists_no_parameter_left_at_its_default():
+    nb = _page()
+    notebooks.finish_page(nb, {"profile": "cpu", "seeds": 3}, {"profile": "'cpu'", "seeds": "3"}, "x/y")
+    assert " with " not in "".join(nb["cells"][1]["source"])
+
+
+def test_page_profiles_reveal_a_mixed_book(tmp_path):
+    for name, profile in [("01_a/one.ipynb", "cpu"), ("02_b/two.ipynb", "smoke")]:
+        path = tmp_path / "executed" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metadata": {"clipguard": {"profile": profile}}, "cells": []}))
+    (tmp_path / "executed" / "01_a" / "one.failed.ipynb").write_text("{}")  # a failed page is not a page
+    assert notebooks.page_profiles(tmp_path) == {"01_a/one.ipynb": "cpu", "02_b/two.ipynb": "smoke"}
+
+
+def test_summary_table_totals_seconds_and_runs():
+    table = notebooks.summary_table({"a.ipynb": {"seconds": 10.0, "trained": 2, "reused": 1},
+                                     "b.ipynb": {"seconds": 5.5, "trained": 0, "reused": 3}})
+    last = table.splitlines()[-1].split()
+    assert last == ["total", "15.5", "2", "4"]
