@@ -104,6 +104,21 @@ def test_a_ten_line_defence_plugs_in(store):
 
 # ---- fine-tuning from a stored run -------------------------------------------------------------------------------
 
+def test_disjoint_sets_share_no_image_and_are_the_same_when_cached():
+    from clipguard import data
+
+    pretrain = {"name": "fashion-mnist", "split": "train", "n": 500, "seed": 0, "image_size": 32}
+    spec = {"name": "fashion-mnist", "split": "train", "n": 300, "seed": 7, "image_size": 32, "disjoint_from": pretrain}
+    experiments._disjoint_candidates.cache_clear()
+    first = experiments.load_dataset(spec)
+    again = experiments.load_dataset(spec)  # from the cache
+    larger = experiments.load_dataset({**spec, "n": 400})  # same split and seed, another size: same cache entry
+    assert experiments._disjoint_candidates.cache_info().hits == 2
+    assert len(first) == 300 and len(larger) == 400 and first.fingerprint() == again.fingerprint()
+    taken = set(data.image_keys(experiments.load_dataset(pretrain)))
+    assert not taken & set(data.image_keys(first)) and not taken & set(data.image_keys(larger))
+
+
 def test_finetune_starts_from_the_parents_weights_on_disjoint_data(store, monkeypatch):
     parent = _tiny(scenarios.attack_spec("smoke", None, track_per_sample=False))
     child = experiments.finetune_spec(parent, n=128, train={"lr": 1e-4, "epochs": 1})

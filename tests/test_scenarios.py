@@ -22,6 +22,16 @@ def test_standard_scenarios_scale_with_the_profile_and_track_pairs():
     assert 0 < scenarios.BACKDOOR_RATE <= 0.05
 
 
+def test_only_plain_clip_runs_track_pairs():
+    attacked = scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"))
+    assert scenarios.defended(attacked, "clip") == attacked  # the undefended cell shares the tracked run
+    for defence in ("clip_aug", "roclip", "safeclip"):
+        assert scenarios.defended(attacked, defence)["track_per_sample"] is False, defence
+    roclip = scenarios.defended(attacked, "roclip")["objective"]
+    assert scenarios.attack_spec("smoke", None, objective=roclip)["track_per_sample"] is False
+    assert scenarios.attack_spec("smoke", None, objective={"name": "clip"})["track_per_sample"] is True
+
+
 def test_tracking_does_not_change_training(store):
     from safetensors.torch import load_file
 

@@ -9,6 +9,8 @@ objectives) with the ``register_*`` decorators.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +135,17 @@ def load_plugins() -> None:
         importlib.import_module(module)
 
 
+@functools.lru_cache(maxsize=4)
+def _disjoint_candidates(name: str, spec_json: str) -> tuple[data_lib.ImageCaptionSet, list[int]]:
+    """The whole split (drawn with the spec's seed; ``n`` is not part of ``spec_json``) and the rows of it whose
+    images the ``disjoint_from`` set does not hold. Cached: a chapter fine-tunes many runs on clean sets drawn from
+    the same split, and callers only take subsets of it."""
+    spec = json.loads(spec_json)
+    candidates = DATASETS[name](spec.get("split", "train"), None, spec.get("seed", 0), spec.get("image_size", 32))
+    taken = set(data_lib.image_keys(load_dataset(spec["disjoint_from"])))
+    return candidates, [i for i, key in enumerate(data_lib.image_keys(candidates)) if key not in taken]
+
+
 def load_dataset(spec: dict) -> data_lib.ImageCaptionSet:
     """``{"name", "split", "n", "seed", "image_size"}`` -> dataset. With ``"disjoint_from": <dataset spec>`` the
     ``n`` rows are drawn (with ``seed``) from the split's images that the other set does not hold, e.g. a clean
@@ -148,9 +161,8 @@ def load_dataset(spec: dict) -> data_lib.ImageCaptionSet:
                                     spec.get("image_size", 32))
     if not spec.get("disjoint_from"):
         return load(spec.get("n"))
-    candidates = load(None)
-    taken = data_lib.image_keys(load_dataset(spec["disjoint_from"]))
-    free = [i for i, key in enumerate(data_lib.image_keys(candidates)) if key not in taken]
+    candidates, free = _disjoint_candidates(name, json.dumps({k: v for k, v in spec.items() if k != "n"},
+                                                             sort_keys=True))
     n = spec.get("n") or len(free)
     if n > len(free):
         raise ValueError(f"dataset {name!r}: asked for {n} rows disjoint from {spec['disjoint_from'].get('name')!r}, "
