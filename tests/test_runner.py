@@ -2,6 +2,7 @@
 the mixed-profile check and the end-of-build table, on hand-made notebooks (no kernel needed)."""
 
 import json
+import os
 
 from clipguard import notebooks
 
@@ -55,3 +56,42 @@ def test_summary_table_totals_seconds_and_runs():
                                      "b.ipynb": {"seconds": 5.5, "trained": 0, "reused": 3}})
     last = table.splitlines()[-1].split()
     assert last == ["total", "15.5", "2", "4"]
+
+
+def _notebook(path, body: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": notebooks.KERNEL_NAME, "display_name": "Python (clipguard)",
+                                 "language": "python"}
+    parameters = nbformat.v4.new_code_cell('profile = "cpu"')
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), parameters, nbformat.v4.new_code_cell(body)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def test_lanes_run_notebooks_in_parallel_and_keep_the_good_pages_when_one_fails(tmp_path):
+    import pytest
+
+    root, out = tmp_path / "notebooks", tmp_path / "executed"
+    _notebook(root / "01_a" / "fine.ipynb", "import os\nprint('threads', os.environ.get('OMP_NUM_THREADS'))")
+    _notebook(root / "01_a" / "broken.ipynb", "raise ValueError('planted failure')")
+    _notebook(root / "02_b" / "later.ipynb", "print('never reached')")
+    with pytest.raises(Exception, match="planted failure"):
+        notebooks.run_all("smoke", out, root=root, jobs=2)
+    assert (out / "01_a" / "fine.ipynb").exists() and (out / "01_a" / "broken.failed.ipynb").exists()
+    assert not (out / "01_a" / "broken.ipynb").exists()
+    page = json.loads((out / "01_a" / "fine.ipynb").read_text())
+    printed = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
+                      for c in page["cells"] for o in c.get("outputs", []))
+    assert f"threads {max(1, (os.cpu_count() or 1) // 2)}" in printed  # the cores shared between the two kernels
+    assert not (out / "02_b" / "later.ipynb").exists()  # nothing starts after a failure
+
+    ok = tmp_path / "ok"
+    _notebook(ok / "01_a" / "one.ipynb", "print(1)")
+    _notebook(ok / "01_a" / "two.ipynb", "print(2)")
+    timings = notebooks.run_all("smoke", tmp_path / "ok_out", root=ok, jobs=2)
+    assert set(timings) == {"01_a/one.ipynb", "01_a/two.ipynb"}
+    summary = json.loads((tmp_path / "ok_out" / "timings-smoke.json").read_text())
+    assert summary["jobs"] == 2 and summary["wall_seconds"] > 0
