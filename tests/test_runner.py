@@ -75,7 +75,8 @@ def test_lanes_run_notebooks_in_parallel_and_keep_the_good_pages_when_one_fails(
     import pytest
 
     root, out = tmp_path / "notebooks", tmp_path / "executed"
-    _notebook(root / "01_a" / "fine.ipynb", "import os\nprint('threads', os.environ.get('OMP_NUM_THREADS'))")
+    _notebook(root / "01_a" / "fine.ipynb",  # still running when its neighbour fails
+              "import os, time\ntime.sleep(6)\nprint('threads', os.environ.get('OMP_NUM_THREADS'))")
     _notebook(root / "01_a" / "broken.ipynb", "raise ValueError('planted failure')")
     _notebook(root / "02_b" / "later.ipynb", "print('never reached')")
     with pytest.raises(Exception, match="planted failure"):
@@ -89,9 +90,11 @@ def test_lanes_run_notebooks_in_parallel_and_keep_the_good_pages_when_one_fails(
     assert not (out / "02_b" / "later.ipynb").exists()  # nothing starts after a failure
 
     ok = tmp_path / "ok"
-    _notebook(ok / "01_a" / "one.ipynb", "print(1)")
+    _notebook(ok / "01_a" / "one.ipynb", "import time\ntime.sleep(3)\nopen('../../one.done', 'w').close()")
     _notebook(ok / "01_a" / "two.ipynb", "print(2)")
+    # the summary part starts only once every page before it has finished, though a lane is free earlier
+    _notebook(ok / "99_summary" / "card.ipynb", "import os\nassert os.path.exists('../../one.done')")
     timings = notebooks.run_all("smoke", tmp_path / "ok_out", root=ok, jobs=2)
-    assert set(timings) == {"01_a/one.ipynb", "01_a/two.ipynb"}
+    assert set(timings) == {"01_a/one.ipynb", "01_a/two.ipynb", "99_summary/card.ipynb"}
     summary = json.loads((tmp_path / "ok_out" / "timings-smoke.json").read_text())
     assert summary["jobs"] == 2 and summary["wall_seconds"] > 0

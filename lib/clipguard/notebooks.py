@@ -241,6 +241,11 @@ def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | Non
     return timings
 
 
+def _reads_the_book(notebook: Path, root: Path) -> bool:
+    """Summary parts (``99_*``, e.g. the scorecard) read what every chapter recorded: they run last, alone."""
+    return notebook.relative_to(root).parts[0].startswith("99_")
+
+
 def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dict, jobs: int) -> dict[str, dict]:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -254,6 +259,8 @@ def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dic
         running = {}
         while queue or running:
             while queue and failure is None and len(running) < jobs:
+                if running and _reads_the_book(queue[0][1], root):
+                    break  # a summary page waits for every page before it
                 i, notebook = queue.pop(0)
                 relative = notebook.relative_to(root)
                 print(f"[{i}/{len(notebooks)}] {relative} (profile={parameters['profile']}) started", flush=True)
