@@ -194,8 +194,10 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = N
 
 def default_jobs(profile: str) -> int:
     """Notebooks executed at once: one per core on the CPU profiles, at most four (each kernel then gets
-    ``cores // jobs`` threads; on two cores two one-thread kernels train 1.3x the pairs per second of one two-thread
-    kernel, measured by ``benchmarks/bench_train.py --section lanes``), one on ``gpu`` (one accelerator)."""
+    ``cores // jobs`` threads), one on ``gpu`` (one accelerator). On two cores two one-thread kernels train
+    1.15-1.38x the pairs per second of one two-thread kernel (``benchmarks/bench_train.py --section lanes``); the
+    whole book gains less (about 1.1x: evaluation is slower on one thread), the smoke notebooks of the test suite
+    more (their time is mostly kernel start-up)."""
     return 1 if profile == "gpu" else max(1, min(4, os.cpu_count() or 1))
 
 
