@@ -98,3 +98,20 @@ def test_lanes_run_notebooks_in_parallel_and_keep_the_good_pages_when_one_fails(
     assert set(timings) == {"01_a/one.ipynb", "01_a/two.ipynb", "99_summary/card.ipynb"}
     summary = json.loads((tmp_path / "ok_out" / "timings-smoke.json").read_text())
     assert summary["jobs"] == 2 and summary["wall_seconds"] > 0
+
+
+def test_lanes_take_the_longest_notebooks_first_and_summary_parts_last(tmp_path):
+    root, out = tmp_path / "notebooks", tmp_path / "executed"
+    names = ["01_a/short.ipynb", "01_a/unmeasured.ipynb", "02_b/long.ipynb", "99_card/card.ipynb"]
+    for name in names:
+        _notebook(root / name, "print(1)")
+    (root / "timings-cpu.json").write_text(json.dumps({"seconds": {"01_a/short.ipynb": 10, "02_b/long.ipynb": 50,
+                                                                    "99_card/card.ipynb": 900}}))
+    out.mkdir()  # this machine's last build overrides the committed times
+    (out / "timings-cpu.json").write_text(json.dumps({"seconds": {"01_a/short.ipynb": 70}}))
+    seconds = notebooks.expected_seconds("cpu", root, out)
+    assert seconds == {"01_a/short.ipynb": 70, "02_b/long.ipynb": 50, "99_card/card.ipynb": 900}
+    order = notebooks.longest_first(notebooks.discover(root), root, seconds)
+    assert [str(p.relative_to(root)) for p in order] == ["01_a/unmeasured.ipynb", "01_a/short.ipynb",
+                                                          "02_b/long.ipynb", "99_card/card.ipynb"]
+    assert notebooks.longest_first(notebooks.discover(root), root, {}) == notebooks.discover(root)

@@ -443,6 +443,11 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
     return model, metrics
 
 
+#: (store folder, spec as JSON) -> run id, for runs keyed in this process. A chapter asks for the same run many times
+#: (a grid's parents, its reference rows); its key needs the data built (about a second), so it is built once.
+_RUN_IDS: dict[tuple[str, str], str] = {}
+
+
 def run(spec: dict, store: RunStore | None = None, force: bool = False, progress: bool = True) -> Run:
     """Get the stored run of ``spec`` or train it: build data (and poisons), model, objective; train with
     per-epoch zero-shot tracking; evaluate; store weights, history and metrics.
@@ -453,6 +458,11 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     store = store or RunStore(spec.get("profile", "cpu"))
     started = time.perf_counter()
     show = progress and not progress_log.under_runner()
+    known = (str(store.dir), json.dumps(spec, sort_keys=True, default=str))
+    stored = None if force or known not in _RUN_IDS else store.get(_RUN_IDS[known])
+    if stored is not None:  # keyed earlier in this process: skip building its data again
+        progress_log.report_run(describe(spec), "reused", time.perf_counter() - started)
+        return stored
     parent = run(spec["init"], store, progress=progress) if spec.get("init") else None
     scored = run(spec["filter"]["by"], store, progress=progress) if spec.get("filter") else None
     prepared = Prepared(spec)
@@ -472,6 +482,7 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
         return execute(spec, prepared, work, parent, progress=show)
 
     result = store.get_or_train(train_fn=train_fn, force=force, **_key(spec, prepared, parent, scored))
+    _RUN_IDS[known] = result.id
     seconds = time.perf_counter() - started
     progress_log.report_run(describe(spec), "trained" if result.trained_since(seconds) else "reused", seconds)
     return result

@@ -27,7 +27,7 @@ from . import progress
 from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
-           "run_all", "default_jobs", "build_book"]
+           "run_all", "default_jobs", "expected_seconds", "longest_first", "build_book"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -211,7 +211,8 @@ def _execute_in_lane(notebook: Path, output: Path, parameters: dict, threads: in
 def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | None = None,
             extra: dict | None = None, root: Path = NOTEBOOK_DIR, jobs: int | None = None) -> dict[str, float]:
     """Execute every source notebook at ``profile`` into ``out_dir`` mirroring ``notebooks/``, ``jobs`` at a time
-    in path order (default :func:`default_jobs`; notebooks that need the same run wait on the run store's lock, and
+    (default :func:`default_jobs`), the longest first by earlier builds' times (:func:`longest_first`; one at a
+    time: in path order; notebooks that need the same run wait on the run store's lock, and
     the first trains it). After a failure no further notebook starts, the running ones finish, and the error is
     raised. Prints each run as it is trained or reused, and a table at the end."""
     notebooks = discover(root, only)
@@ -223,6 +224,8 @@ def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | Non
         check_parameters(notebook, parameters)
     started = time.perf_counter()
     results: dict[str, dict] = {}
+    if jobs > 1:
+        notebooks = longest_first(notebooks, root, expected_seconds(profile, root, out_dir))
     if jobs == 1:
         for i, notebook in enumerate(notebooks, 1):
             relative = notebook.relative_to(root)
@@ -230,7 +233,8 @@ def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | Non
             results[str(relative)] = execute(notebook, out_dir / relative, parameters)
             print(f"    done in {results[str(relative)]['seconds']:.1f} s", flush=True)
     else:
-        results = _run_lanes(notebooks, root, out_dir, parameters, jobs)
+        lanes = _run_lanes(notebooks, root, out_dir, parameters, jobs)
+        results = {name: lanes[name] for name in sorted(lanes)}  # reported in path order
     wall = time.perf_counter() - started
     timings = {name: r["seconds"] for name, r in results.items()}
     summary = out_dir / f"timings-{profile}.json"
@@ -241,6 +245,27 @@ def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | Non
     print(f"executed {len(timings)} notebooks in {wall:.0f} s wall time, {jobs} at a time "
           f"({sum(timings.values()):.0f} s summed over notebooks; profile={profile})")
     return timings
+
+
+def expected_seconds(profile: str, root: Path = NOTEBOOK_DIR, out_dir: Path = BOOK_DIR / "executed") -> dict[str, float]:
+    """Seconds per notebook at ``profile`` from earlier builds: the committed ``notebooks/timings-<profile>.json``
+    (a measured build), updated by this machine's last build in ``out_dir``. Empty when neither exists."""
+    seconds: dict[str, float] = {}
+    for path in (root / f"timings-{profile}.json", out_dir / f"timings-{profile}.json"):
+        try:
+            seconds.update(json.loads(path.read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return seconds
+
+
+def longest_first(notebooks: list[Path], root: Path, seconds: dict[str, float]) -> list[Path]:
+    """The order lanes take notebooks in: the longest first (so no long notebook starts last and runs alone), a
+    notebook with no measured time before all measured ones, summary parts (``99_*``) last; ties keep path order."""
+    def rank(notebook: Path) -> tuple[bool, float]:
+        return _reads_the_book(notebook, root), -seconds.get(str(notebook.relative_to(root)), float("inf"))
+
+    return sorted(notebooks, key=rank)
 
 
 def _reads_the_book(notebook: Path, root: Path) -> bool:

@@ -249,6 +249,11 @@ class RunStore:
         path = self.dir / self.run_id(config, data, code, environment)
         return self._load(path) if (path / "provenance.json").exists() else None
 
+    def get(self, run_id: str) -> Run | None:
+        """The complete stored run ``run_id``, or None."""
+        path = self.dir / run_id
+        return self._load(path) if (path / "provenance.json").exists() else None
+
     def _load(self, path: Path) -> Run:
         read = lambda name: json.loads((path / name).read_text())  # noqa: E731
         stored = read("config.json")
