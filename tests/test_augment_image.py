@@ -160,6 +160,24 @@ def test_autoaugment_is_seeded_and_keeps_dtype():
 
 
 
+@pytest.mark.parametrize("policy", ["imagenet", "cifar10", "svhn"])
+def test_grouped_autoaugment_equals_torchvision_image_by_image(policy):
+    # known answer: torchvision's own AutoAugment on each image, the global RNG seeded with the image's seed
+    from torchvision.transforms import v2
+
+    images = (torch.rand(200, 3, 32, 32, generator=_gen(3)) * 255).to(torch.uint8)
+    seeds = torch.randint(0, 2**62, (len(images),), generator=_gen(4)).tolist()
+    transform = v2.AutoAugment(v2.AutoAugmentPolicy(policy))
+    with torch.random.fork_rng(devices=[]):
+        theirs = []
+        for image, seed in zip(images, seeds):
+            torch.manual_seed(seed)
+            theirs.append(transform(image))
+    ours = A.autoaugment_images(images, _gen(4), policy)
+    assert torch.equal(ours, torch.stack(theirs))
+    assert (ours != images).any(dim=(1, 2, 3)).float().mean() > 0.4  # most images changed
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Regression pins: outputs under fixed seeds. Stored runs depend on them, so a change here means results change.
 # Recorded before the module was split into a package; the float outputs of the batched engine were re-pinned when
