@@ -32,6 +32,32 @@ def test_caption_generation_is_deterministic_and_independent_of_subset_size():
     assert small.captions == [full.captions[r] for r in rng_rows]
 
 
+def test_fashion_mnist_sets_are_cached_per_process_but_every_caller_gets_its_own_copy(tmp_path):
+    import gzip
+
+    first = data.fashion_mnist("test", n=300, seed=5)
+    first.images[0] += 1  # a caller changing its set changes no later set
+    first.captions[0] = "changed"
+    first.classnames.append("changed")
+    again = data.fashion_mnist("test", n=300, seed=5)
+    assert again.captions[0] != "changed" and "changed" not in again.classnames
+    assert not torch.equal(again.images[0], first.images[0])
+    assert again.keys == data.fashion_mnist("test", n=300, seed=5).keys
+
+    def write(pixel: int) -> None:  # a two-image test split; rewriting it must be read again
+        images, labels = data._FASHION_FILES["test"]
+        with gzip.open(tmp_path / images, "wb") as handle:
+            handle.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                         + bytes([pixel]) * (2 * 28 * 28))
+        with gzip.open(tmp_path / labels, "wb") as handle:
+            handle.write(bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + bytes([1, 2]))
+
+    write(7)
+    assert int(data.fashion_mnist("test", root=tmp_path).images.max()) == 7
+    write(9)
+    assert int(data.fashion_mnist("test", root=tmp_path).images.max()) == 9
+
+
 def test_class_of_caption_prefers_longest_phrase():
     syn = data.FASHION_SYNONYMS
     assert data.class_of_caption("a worn t-shirt", syn) == 0

@@ -165,6 +165,13 @@ class ImageCaptionSet(torch.utils.data.Dataset):
             _keys=None if keys is None or name is not None else [keys[i] for i in idx.tolist()],
         )
 
+    def copy(self) -> "ImageCaptionSet":
+        """An independent copy (its own tensors and lists), content keys included."""
+        out = self.subset(torch.arange(len(self)))
+        out.classnames = None if self.classnames is None else list(self.classnames)
+        out.templates = None if self.templates is None else list(self.templates)
+        return out
+
     def with_captions(self, captions: list[str], name: str | None = None) -> "ImageCaptionSet":
         """Same images and labels, other captions."""
         return ImageCaptionSet(self.images, list(captions), self.labels, self.classnames, self.templates,
@@ -358,6 +365,19 @@ def fashion_mnist(split: str = "train", n: int | None = None, seed: int = 0, ima
             f"Fashion-MNIST not found at {root} (missing {image_file.name if not image_file.exists() else label_file.name}). "
             "Install it with `apt-get install dataset-fashion-mnist` (Debian) or point CLIPGUARD_FASHION_MNIST "
             "to a folder holding the four IDX .gz files.")
+    cseed = seed if caption_seed is None else caption_seed
+    stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (image_file, label_file))
+    drawn = _fashion_mnist_drawn(split, n, seed, image_size, root, cseed, stamp)
+    drawn.keys  # computed once on the cached set, then copied with it  # noqa: B018
+    return drawn.copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _fashion_mnist_drawn(split: str, n: int | None, seed: int, image_size: int, root: Path, cseed: int,
+                         stamp: tuple) -> ImageCaptionSet:
+    """:func:`fashion_mnist`'s set, cached per process by its arguments and the files' size and modification time
+    (``stamp``): a chapter draws the same sets for many runs (0.3-0.5 s a set); callers get copies."""
+    image_file, label_file = (root / f for f in _FASHION_FILES[split])
     gray, labels = _read_idx(image_file), _read_idx(label_file)
     if len(gray) != len(labels):
         raise DataError(f"{root}: {len(gray)} images but {len(labels)} labels")
@@ -366,7 +386,6 @@ def fashion_mnist(split: str = "train", n: int | None = None, seed: int = 0, ima
         if not 0 < n <= len(gray):
             raise DataError(f"n must be in 1..{len(gray)}, got {n}")
         rows = np.sort(np.random.default_rng(seed).choice(len(gray), size=n, replace=False))
-    cseed = seed if caption_seed is None else caption_seed
     captions = [caption_for_class(FASHION_SYNONYMS[labels[r]], random.Random(f"{cseed}-{split}-{r}"))
                 for r in rows]
     return ImageCaptionSet(
