@@ -101,7 +101,7 @@ def autoaugment_per_image(images: torch.Tensor, generator: torch.Generator) -> t
     with torch.random.fork_rng(devices=[]):
         out = []
         for image, seed in zip(images, seeds):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only, as the replaced engine did
             out.append(transform(image))
     return torch.stack(out)
 
