@@ -54,8 +54,19 @@ def test_page_profiles_reveal_a_mixed_book(tmp_path):
 def test_summary_table_totals_seconds_and_runs():
     table = notebooks.summary_table({"a.ipynb": {"seconds": 10.0, "trained": 2, "reused": 1},
                                      "b.ipynb": {"seconds": 5.5, "trained": 0, "reused": 3}})
-    last = table.splitlines()[-1].split()
-    assert last == ["total", "15.5", "2", "4"]
+    total = next(line for line in table.splitlines() if line.startswith("total")).split()
+    assert total == ["total", "15.5", "2", "4", "0"]
+
+
+def test_run_costs_count_each_run_once_per_part_whoever_trained_it():
+    results = {"01_a/one.ipynb": {"seconds": 50, "runs": {"r1": 40.0, "r2": 30.0}},
+               "01_a/two.ipynb": {"seconds": 5, "runs": {"r2": 30.0}},           # reused from one.ipynb
+               "02_b/three.ipynb": {"seconds": 9, "runs": {"r2": 30.0, "r3": 8.0}}}  # trained elsewhere: still its cost
+    costs = notebooks.run_costs(results)
+    assert costs == {"01_a": {"runs": 2, "seconds": 70.0}, "02_b": {"runs": 2, "seconds": 38.0},
+                     "all": {"runs": 3, "seconds": 78.0}}
+    table = notebooks.summary_table(results)
+    assert "two.ipynb" in table and next(l for l in table.splitlines() if l.startswith("total")).split()[-1] == "78"
 
 
 def _notebook(path, body: str) -> None:

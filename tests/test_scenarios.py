@@ -41,3 +41,19 @@ def test_tracking_does_not_change_training(store):
     assert plain.id != tracked.id
     a, b = load_file(plain.path / "model.safetensors"), load_file(tracked.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_runs_report_their_id_and_training_seconds_to_the_runner(store, tmp_path, monkeypatch):
+    import json
+
+    from clipguard import progress
+
+    log = tmp_path / "progress.jsonl"
+    monkeypatch.setenv(progress.LOG_VARIABLE, str(log))
+    spec = experiments.clip_spec("smoke", data__n=256, train__epochs=1, evaluate=[])
+    trained = experiments.run(spec, store, progress=False)
+    experiments.run(spec, store, progress=False)  # reused (keyed once in this process)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["status"] for r in records] == ["trained", "reused"]
+    assert {r["run"] for r in records} == {trained.id}
+    assert records[0]["cost"] == records[1]["cost"] == round(trained.provenance["wall_seconds"], 1) > 0

@@ -461,7 +461,8 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     known = (str(store.dir), json.dumps(spec, sort_keys=True, default=str))
     stored = None if force or known not in _RUN_IDS else store.get(_RUN_IDS[known])
     if stored is not None:  # keyed earlier in this process: skip building its data again
-        progress_log.report_run(describe(spec), "reused", time.perf_counter() - started)
+        progress_log.report_run(describe(spec), "reused", time.perf_counter() - started, stored.id,
+                                stored.provenance.get("wall_seconds"))
         return stored
     parent = run(spec["init"], store, progress=progress) if spec.get("init") else None
     scored = run(spec["filter"]["by"], store, progress=progress) if spec.get("filter") else None
@@ -484,7 +485,8 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     result = store.get_or_train(train_fn=train_fn, force=force, **_key(spec, prepared, parent, scored))
     _RUN_IDS[known] = result.id
     seconds = time.perf_counter() - started
-    progress_log.report_run(describe(spec), "trained" if result.trained_since(seconds) else "reused", seconds)
+    progress_log.report_run(describe(spec), "trained" if result.trained_since(seconds) else "reused", seconds,
+                            result.id, result.provenance.get("wall_seconds"))
     return result
 
 

@@ -27,7 +27,8 @@ from . import progress
 from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
-           "run_all", "default_jobs", "expected_seconds", "longest_first", "build_book"]
+           "run_all", "default_jobs", "expected_seconds", "longest_first", "run_costs", "summary_table",
+           "build_book"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -119,6 +120,7 @@ class _ProgressTail:
     def __init__(self, path: Path, label: str):
         self.path, self.label = path, label
         self.counts = {"trained": 0, "reused": 0}
+        self.runs: dict[str, float] = {}  # run id -> seconds it took when it was trained
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._started = time.perf_counter()
@@ -149,6 +151,8 @@ class _ProgressTail:
 
     def _print(self, record: dict) -> None:
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        if record.get("run"):
+            self.runs[record["run"]] = record.get("cost") or 0.0
         where = f"{record['group']} {record['step']}/{record['total']}: " if record.get("step") else ""
         elapsed = time.perf_counter() - self._started
         print(f"    [{self.label}] {where}{record['what']} — {record['status']} in {record['seconds']:.0f} s "
@@ -189,7 +193,7 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = N
     if removed:
         first = next((line for text in removed for line in text.splitlines() if line.strip()), "")
         print(f"    removed {len(removed)} stderr output(s) from the page (first: {first[:100]!r})", flush=True)
-    return {"seconds": round(time.perf_counter() - started, 1), **tail.counts}
+    return {"seconds": round(time.perf_counter() - started, 1), **tail.counts, "runs": tail.runs}
 
 
 def default_jobs(profile: str) -> int:
@@ -239,7 +243,8 @@ def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | Non
     timings = {name: r["seconds"] for name, r in results.items()}
     summary = out_dir / f"timings-{profile}.json"
     atomic_write_text(summary, json.dumps({"profile": profile, "jobs": jobs, "seconds": timings,
-                                           "notebooks": results, "total": round(sum(timings.values()), 1),
+                                           "run_costs": run_costs(results), "notebooks": results,
+                                           "total": round(sum(timings.values()), 1),
                                            "wall_seconds": round(wall, 1)}, indent=2))
     print(summary_table(results))
     print(f"executed {len(timings)} notebooks in {wall:.0f} s wall time, {jobs} at a time "
@@ -311,15 +316,33 @@ def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dic
 
 
 def summary_table(results: dict[str, dict]) -> str:
-    """Seconds, runs trained and runs reused per notebook, as a plain-text table."""
+    """Seconds, runs trained and reused, and what its runs cost per notebook (:func:`run_costs`), then the same
+    cost per part, as plain-text tables."""
     width = max([len(n) for n in results] + [8])
-    lines = [f"{'notebook':<{width}}  {'seconds':>8}  {'trained':>7}  {'reused':>6}"]
+    lines = [f"{'notebook':<{width}}  {'seconds':>8}  {'trained':>7}  {'reused':>6}  {'runs cost':>9}"]
     for name, r in results.items():
-        lines.append(f"{name:<{width}}  {r['seconds']:>8.1f}  {r.get('trained', 0):>7}  {r.get('reused', 0):>6}")
+        lines.append(f"{name:<{width}}  {r['seconds']:>8.1f}  {r.get('trained', 0):>7}  {r.get('reused', 0):>6}  "
+                     f"{sum(r.get('runs', {}).values()):>9.0f}")
     total = sum(r["seconds"] for r in results.values())
     lines.append(f"{'total':<{width}}  {total:>8.1f}  {sum(r.get('trained', 0) for r in results.values()):>7}  "
-                 f"{sum(r.get('reused', 0) for r in results.values()):>6}")
+                 f"{sum(r.get('reused', 0) for r in results.values()):>6}  {run_costs(results)['all']['seconds']:>9.0f}")
+    lines.append("runs cost: seconds the runs a notebook (part) uses took when they were trained, each run once, "
+                 "whoever trained it")
+    for part, cost in run_costs(results).items():
+        lines.append(f"  {part:<{width - 2}}  {cost['runs']:>4} runs  {cost['seconds']:>8.0f} s")
     return "\n".join(lines)
+
+
+def run_costs(results: dict[str, dict]) -> dict[str, dict]:
+    """Per part (a notebook's first folder, e.g. ``06_cleanclip``) and for ``all``: the distinct runs its notebooks
+    used (trained or reused) and the seconds those runs took when they were trained. What a part costs from an empty
+    run store when it runs alone, whichever notebook trained its runs in this build (lane seconds: a run trained
+    beside another notebook took longer than it would alone)."""
+    parts: dict[str, dict[str, float]] = {}
+    for name, r in results.items():
+        for part in (Path(name).parts[0], "all"):
+            parts.setdefault(part, {}).update(r.get("runs", {}))
+    return {part: {"runs": len(runs), "seconds": round(sum(runs.values()), 1)} for part, runs in parts.items()}
 
 
 def page_profiles(book_dir: Path = BOOK_DIR) -> dict[str, str]:

@@ -30,10 +30,14 @@ def _append(record: dict) -> None:
 _context: dict = {"group": "", "step": None, "total": None}
 
 
-def report_run(what: str, status: str, seconds: float) -> None:
+def report_run(what: str, status: str, seconds: float, run: str | None = None, cost: float | None = None) -> None:
     """One unit of work finished: ``status`` is ``"trained"`` or ``"reused"``; numbered within the current
-    :func:`step` of a group, if any."""
-    _append({**_context, "what": what, "status": status, "seconds": round(seconds, 1), "time": time.time()})
+    :func:`step` of a group, if any. ``run``: the run's id; ``cost``: the seconds it took when it was trained
+    (whoever trained it), so the runner can say what a notebook's runs cost even when another trained them."""
+    record = {**_context, "what": what, "status": status, "seconds": round(seconds, 1), "time": time.time()}
+    if run is not None:
+        record.update(run=run, cost=None if cost is None else round(float(cost), 1))
+    _append(record)
 
 
 def step(group: str, number: int, total: int) -> None:
