@@ -223,6 +223,8 @@ def test_finetuning_starts_from_the_parents_weights_and_analysis_matches_the_eva
     assert started_from.keys() == parent_state.keys()
     assert all(torch.equal(started_from[k], parent_state[k]) for k in parent_state)
     assert child_run.config["init"] == {"run": parent_run.id} and "backdoor_asr" in child_run.metrics
+    # the ASR after every epoch is in the history; the last epoch's is the run's
+    assert [e["backdoor_asr"] for e in child_run.epochs()][-1] == pytest.approx(child_run.metrics["backdoor_asr"])
 
     assert cleanclip.stored_attack(child_run, store) == parent["poison"]  # the child's stored config names its parent
     metrics, arrays = cleanclip.backdoor_analysis(child_run, store, n_embed=40, tsne=True)

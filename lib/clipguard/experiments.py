@@ -372,6 +372,22 @@ def _evaluator_name(entry: str | dict) -> tuple[str, dict]:
     return entry.pop("name"), entry
 
 
+@dataclass
+class EpochEvaluator:
+    """Epoch callback: a registered evaluator (e.g. ``backdoor_asr``) after every epoch, its ASR values in the
+    run's history, so a fine-tune shows when the backdoor goes (the evaluators draw from their own seeded
+    generators: training is unchanged)."""
+
+    name: str
+    spec: dict
+    prepared: Prepared
+
+    def __call__(self, ctx, model: CLIPModel) -> dict[str, float]:
+        load_plugins()
+        metrics = EVALUATORS[self.name](model, self.spec, self.prepared)
+        return {k: v for k, v in metrics.items() if k.endswith("asr")}
+
+
 def finetune_spec(parent: dict, data: dict | None = None, objective: dict | None = None, train: dict | None = None,
                   n: int | None = None, seed_offset: int = 3000, **overrides) -> dict:
     """A spec that starts from the stored run of ``parent`` (its ``init``) and trains on clean ``data``: by default
@@ -415,6 +431,10 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
     config = TrainConfig(**{**spec["train"], **({"device": device} if device else {})}, progress=progress)
     objective = make_objective(spec, prepared)
     callbacks = [ZeroShotEval(prepared.test)]
+    evaluation = prepared.for_evaluation()
+    eval_spec = {**spec, "poison": attack_of(spec)}
+    if spec.get("init") and "backdoor_asr" in spec.get("evaluate", []):  # a fine-tune: its ASR after every epoch
+        callbacks.append(EpochEvaluator("backdoor_asr", eval_spec, evaluation))
     tracker = None
     if spec.get("track_per_sample"):
         groups = {}
@@ -433,8 +453,6 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
     metrics.update(prepared.filter_info)
     if rank != 0:  # under torchrun only the first process evaluates
         return model, metrics
-    evaluation = prepared.for_evaluation()
-    eval_spec = {**spec, "poison": attack_of(spec)}
     for entry in spec.get("evaluate", []):
         name, options = _evaluator_name(entry)
         metrics.update(EVALUATORS[name](model, {**eval_spec, **options}, evaluation))
