@@ -253,3 +253,16 @@ def test_embedding_shift_is_the_mean_distance_of_unit_embeddings():
     assert embedding_shift(clean, triggered) == pytest.approx(math.sqrt(2) / 2)
     with pytest.raises(ValueError, match="shapes differ"):
         embedding_shift(clean, triggered[:1])
+
+
+def test_the_per_epoch_asr_of_a_fine_tune_does_not_change_its_training(store):
+    from safetensors.torch import load_file
+
+    parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
+    with_asr = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
+    without = {**with_asr, "evaluate": ["zeroshot"]}
+    a, b = experiments.run(with_asr, store, progress=False), experiments.run(without, store, progress=False)
+    assert [e.get("backdoor_asr") is not None for e in a.epochs()] == [True, True]
+    assert all("backdoor_asr" not in e for e in b.epochs())
+    wa, wb = load_file(a.path / "model.safetensors"), load_file(b.path / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
