@@ -319,16 +319,17 @@ def summary_table(results: dict[str, dict]) -> str:
     """Seconds, runs trained and reused, and what its runs cost per notebook (:func:`run_costs`), then the same
     cost per part, as plain-text tables."""
     width = max([len(n) for n in results] + [8])
+    costs = run_costs(results)
     lines = [f"{'notebook':<{width}}  {'seconds':>8}  {'trained':>7}  {'reused':>6}  {'runs cost':>9}"]
     for name, r in results.items():
         lines.append(f"{name:<{width}}  {r['seconds']:>8.1f}  {r.get('trained', 0):>7}  {r.get('reused', 0):>6}  "
                      f"{sum(r.get('runs', {}).values()):>9.0f}")
     total = sum(r["seconds"] for r in results.values())
     lines.append(f"{'total':<{width}}  {total:>8.1f}  {sum(r.get('trained', 0) for r in results.values()):>7}  "
-                 f"{sum(r.get('reused', 0) for r in results.values()):>6}  {run_costs(results)['all']['seconds']:>9.0f}")
+                 f"{sum(r.get('reused', 0) for r in results.values()):>6}  {costs['all']['seconds']:>9.0f}")
     lines.append("runs cost: seconds the runs a notebook (part) uses took when they were trained, each run once, "
                  "whoever trained it")
-    for part, cost in run_costs(results).items():
+    for part, cost in costs.items():
         lines.append(f"  {part:<{width - 2}}  {cost['runs']:>4} runs  {cost['seconds']:>8.0f} s")
     return "\n".join(lines)
 

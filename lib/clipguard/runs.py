@@ -246,8 +246,7 @@ class RunStore:
 
     def find(self, config: dict, data: dict[str, str] | None = None, code: str | None = None,
              environment: dict | None = None) -> Run | None:
-        path = self.dir / self.run_id(config, data, code, environment)
-        return self._load(path) if (path / "provenance.json").exists() else None
+        return self.get(self.run_id(config, data, code, environment))
 
     def get(self, run_id: str) -> Run | None:
         """The complete stored run ``run_id``, or None."""

@@ -396,7 +396,7 @@ def autoaugment_images(images: torch.Tensor, generator: torch.Generator, policy:
     Each image draws its sub-policy, coin flips and signs as torchvision's ``AutoAugment.forward`` would with the
     global RNG seeded by a per-image seed from ``generator``; images that drew the same operation and magnitude
     are then transformed together in one batched call of torchvision's kernel (the result equals torchvision on
-    each image, tested; about 4x faster on a batch of 128 at 32 px)."""
+    each image, tested; about 2x faster on a batch of 128 at 32 px, ``benchmarks/bench_augment.py``)."""
     from torchvision.transforms import v2
 
     policies = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10,
@@ -420,7 +420,6 @@ def autoaugment_images(images: torch.Tensor, generator: torch.Generator, policy:
     if was_float:
         out = out.float().div_(255)
     return out[0] if single else out
-
 
 
 def _autoaugment_ops(policies: list, tables: dict, seed: int) -> list[tuple[str, float]]:
