@@ -24,6 +24,13 @@ def test_hash_is_order_independent_and_sensitive():
         config_hash({"x": object()})
 
 
+def test_hash_takes_an_integral_float_for_the_integer():
+    """A WaNet strength written ``2`` in one chapter and ``2.0`` in another is one stored run, not two."""
+    assert config_hash({"trigger": {"s": 2}, "rates": [1.0, 0.5]}) == config_hash({"trigger": {"s": 2.0}, "rates": [1, 0.5]})
+    assert config_hash({"s": 2.5}) != config_hash({"s": 2})
+    assert config_hash({"flag": True}) != config_hash({"flag": 1.0})
+
+
 def test_get_or_train_trains_once_and_reuses(store):
     calls = []
     first = store.get_or_train({"lr": 0.1}, _trainer(calls), data={"train": "abc"})

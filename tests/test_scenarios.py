@@ -30,6 +30,9 @@ def test_only_plain_clip_runs_track_pairs():
     roclip = scenarios.defended(attacked, "roclip")["objective"]
     assert scenarios.attack_spec("smoke", None, objective=roclip)["track_per_sample"] is False
     assert scenarios.attack_spec("smoke", None, objective={"name": "clip"})["track_per_sample"] is True
+    # only seed 0's records are read by the chapters; a chapter reading another seed's asks for them
+    assert scenarios.attack_spec("smoke", None, seed=1)["track_per_sample"] is False
+    assert scenarios.attack_spec("smoke", None, seed=1, track_per_sample=True)["track_per_sample"] is True
 
 
 def test_tracking_does_not_change_training(store):

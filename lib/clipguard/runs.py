@@ -74,8 +74,18 @@ def _canonical(value: object) -> object:
     raise TypeError(f"cannot hash configuration value of type {type(value).__name__}: {value!r}")
 
 
+def _integral_floats_as_ints(value: object) -> object:
+    """``2.0`` -> ``2`` throughout: a parameter written ``2`` in one notebook and ``2.0`` in another is one run."""
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()[:16]
+    canonical = _integral_floats_as_ints(_canonical(config))
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
