@@ -266,3 +266,27 @@ def test_the_per_epoch_asr_of_a_fine_tune_does_not_change_its_training(store):
     assert all("backdoor_asr" not in e for e in b.epochs())
     wa, wb = load_file(a.path / "model.safetensors"), load_file(b.path / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_final_metrics_taken_from_the_last_epoch_equal_a_fresh_evaluation(store, monkeypatch):
+    """Zero-shot and backdoor ASR of the final model come from the last epoch's callbacks (not computed twice):
+    they equal the evaluators run afresh on the stored weights."""
+    parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
+    spec = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
+    experiments.run(parent, store, progress=False)
+    calls = []
+    evaluators = dict(experiments.EVALUATORS)
+    for name in ("zeroshot", "backdoor_asr"):
+        monkeypatch.setitem(experiments.EVALUATORS, name,
+                            lambda *args, _name=name: calls.append(_name) or evaluators[_name](*args))
+    run = experiments.run(spec, store, progress=False)
+    assert calls == ["backdoor_asr", "backdoor_asr"]  # once per epoch (the callback); the final metrics reuse
+    monkeypatch.setattr(experiments, "EVALUATORS", evaluators)
+    evaluation = experiments.prepare(spec).for_evaluation()
+    eval_spec = {**spec, "poison": experiments.attack_of(spec)}
+    fresh = {}
+    for name in ("zeroshot", "backdoor_asr"):
+        fresh.update(experiments.EVALUATORS[name](run.load_model(), eval_spec, evaluation))
+    assert "zeroshot_top1" in fresh and "backdoor_asr" in fresh
+    assert {k: run.metrics[k] for k in fresh} == fresh
+    assert run.epochs()[-1]["zeroshot_top1"] == run.metrics["zeroshot_top1"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -167,12 +167,15 @@ class ZeroShotEval:
     dataset: ImageCaptionSet
     prefix: str = "zeroshot"
     every: int = 1
+    last: tuple[int, dict[str, float]] | None = field(default=None, init=False, repr=False)  # (epoch, result)
 
     def __call__(self, ctx, model: CLIPModel) -> dict[str, float]:
         if ctx.epoch % self.every and ctx.epoch != ctx.config.epochs:
             return {}
         accuracy = zero_shot_accuracy(model, self.dataset)
-        return {f"{self.prefix}_{k}": v for k, v in accuracy.items()}
+        result = {f"{self.prefix}_{k}": v for k, v in accuracy.items()}
+        self.last = (ctx.epoch, result)
+        return result
 
 
 @torch.no_grad()

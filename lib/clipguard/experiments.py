@@ -12,7 +12,7 @@ import copy
 import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -381,10 +381,12 @@ class EpochEvaluator:
     name: str
     spec: dict
     prepared: Prepared
+    last: tuple[int, dict] | None = field(default=None, init=False, repr=False)  # (epoch, every metric)
 
     def __call__(self, ctx, model: CLIPModel) -> dict[str, float]:
         load_plugins()
         metrics = EVALUATORS[self.name](model, self.spec, self.prepared)
+        self.last = (ctx.epoch, metrics)
         return {k: v for k, v in metrics.items() if k.endswith("asr")}
 
 
@@ -435,6 +437,8 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
     eval_spec = {**spec, "poison": attack_of(spec)}
     if spec.get("init") and "backdoor_asr" in spec.get("evaluate", []):  # a fine-tune: its ASR after every epoch
         callbacks.append(EpochEvaluator("backdoor_asr", eval_spec, evaluation))
+    # evaluators an epoch callback runs on the same inputs: the last epoch's result is the final model's
+    evaluated_each_epoch = {"zeroshot": callbacks[0], "backdoor_asr": callbacks[-1] if len(callbacks) > 1 else None}
     tracker = None
     if spec.get("track_per_sample"):
         groups = {}
@@ -455,6 +459,10 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
         return model, metrics
     for entry in spec.get("evaluate", []):
         name, options = _evaluator_name(entry)
+        callback = evaluated_each_epoch.get(name)
+        if not options and callback is not None and callback.last is not None and callback.last[0] == config.epochs:
+            metrics.update(callback.last[1])  # computed on the final weights after the last epoch
+            continue
         metrics.update(EVALUATORS[name](model, {**eval_spec, **options}, evaluation))
     for saver in prepared.info.get("savers", []) if work is not None else []:
         saver(work)
