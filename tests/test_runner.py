@@ -4,6 +4,8 @@ the mixed-profile check and the end-of-build table, on hand-made notebooks (no k
 import json
 import os
 
+import pytest
+
 from clipguard import notebooks
 
 
@@ -126,3 +128,13 @@ def test_lanes_take_the_longest_notebooks_first_and_summary_parts_last(tmp_path)
     assert [str(p.relative_to(root)) for p in order] == ["01_a/unmeasured.ipynb", "01_a/short.ipynb",
                                                           "02_b/long.ipynb", "99_card/card.ipynb"]
     assert notebooks.longest_first(notebooks.discover(root), root, {}) == notebooks.discover(root)
+
+
+def test_time_left_spreads_the_remaining_work_over_the_lanes():
+    expected = {"a": 100.0, "b": 60.0, "c": 40.0, "long": 500.0}
+    # waiting b + c (100 s) and what is left of a (100 - 30 = 70 s), over two lanes
+    assert notebooks.time_left(expected, ["b", "c"], {"a": 30.0}, jobs=2) == pytest.approx(85.0)
+    # one long notebook still running bounds the estimate from below
+    assert notebooks.time_left(expected, [], {"long": 100.0, "a": 10.0}, jobs=2) == pytest.approx(400.0)
+    assert notebooks.time_left(expected, [], {"a": 150.0}, jobs=1) == 0.0  # over its time: nothing left
+    assert notebooks.time_left(expected, ["new"], {}, jobs=2) is None  # no earlier time: no estimate

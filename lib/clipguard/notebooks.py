@@ -27,7 +27,7 @@ from . import progress
 from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
-           "run_all", "default_jobs", "expected_seconds", "longest_first", "run_costs", "summary_table",
+           "run_all", "default_jobs", "expected_seconds", "longest_first", "time_left", "run_costs", "summary_table",
            "build_book"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -228,16 +228,18 @@ def run_all(profile: str, out_dir: Path = BOOK_DIR / "executed", only: str | Non
         check_parameters(notebook, parameters)
     started = time.perf_counter()
     results: dict[str, dict] = {}
+    expected = expected_seconds(profile, root, out_dir)
     if jobs > 1:
-        notebooks = longest_first(notebooks, root, expected_seconds(profile, root, out_dir))
+        notebooks = longest_first(notebooks, root, expected)
     if jobs == 1:
         for i, notebook in enumerate(notebooks, 1):
             relative = notebook.relative_to(root)
             print(f"[{i}/{len(notebooks)}] {relative} (profile={profile}) ...", flush=True)
             results[str(relative)] = execute(notebook, out_dir / relative, parameters)
-            print(f"    done in {results[str(relative)]['seconds']:.1f} s", flush=True)
+            waiting = [str(n.relative_to(root)) for n in notebooks[i:]]
+            print(f"    done in {results[str(relative)]['seconds']:.1f} s{_eta(expected, waiting, {}, 1)}", flush=True)
     else:
-        lanes = _run_lanes(notebooks, root, out_dir, parameters, jobs)
+        lanes = _run_lanes(notebooks, root, out_dir, parameters, jobs, expected)
         results = {name: lanes[name] for name in sorted(lanes)}  # reported in path order
     wall = time.perf_counter() - started
     timings = {name: r["seconds"] for name, r in results.items()}
@@ -273,12 +275,33 @@ def longest_first(notebooks: list[Path], root: Path, seconds: dict[str, float]) 
     return sorted(notebooks, key=rank)
 
 
+def time_left(expected: dict[str, float], waiting: list[str], running: dict[str, float], jobs: int) -> float | None:
+    """Estimated seconds until every notebook is done, from earlier builds' seconds (:func:`expected_seconds`): the
+    waiting notebooks' plus what is left of the running ones' (``running``: name -> seconds elapsed), spread over
+    ``jobs`` lanes, and never less than the longest remainder of one notebook. None when a notebook has no earlier
+    time (the estimate would mislead)."""
+    names = [*waiting, *running]
+    if any(name not in expected for name in names):
+        return None
+    remainders = [max(0.0, expected[name] - elapsed) for name, elapsed in running.items()]
+    spread = (sum(expected[name] for name in waiting) + sum(remainders)) / max(1, jobs)
+    return max(spread, max(remainders, default=0.0))
+
+
+def _eta(expected: dict[str, float], waiting: list[str], running: dict[str, float], jobs: int) -> str:
+    left = time_left(expected, waiting, running, jobs)
+    if left is None or not (waiting or running):
+        return ""
+    return f"; about {left / 60:.0f} min left (from the last build's times)"
+
+
 def _reads_the_book(notebook: Path, root: Path) -> bool:
     """Summary parts (``99_*``, e.g. the scorecard) read what every chapter recorded: they run last, alone."""
     return notebook.relative_to(root).parts[0].startswith("99_")
 
 
-def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dict, jobs: int) -> dict[str, dict]:
+def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dict, jobs: int,
+               expected: dict[str, float] | None = None) -> dict[str, dict]:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -286,6 +309,7 @@ def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dic
     print(f"executing {len(notebooks)} notebooks, {jobs} at a time, {threads} thread(s) per kernel", flush=True)
     queue = list(enumerate(notebooks, 1))
     results: dict[str, dict] = {}
+    begun: dict[str, float] = {}  # notebook -> when it started
     failure: BaseException | None = None
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         running = {}
@@ -297,6 +321,7 @@ def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dic
                 relative = notebook.relative_to(root)
                 print(f"[{i}/{len(notebooks)}] {relative} (profile={parameters['profile']}) started", flush=True)
                 running[pool.submit(_execute_in_lane, notebook, out_dir / relative, parameters, threads)] = relative
+                begun[str(relative)] = time.perf_counter()
             if failure is not None:
                 queue.clear()
             if not running:
@@ -306,7 +331,11 @@ def _run_lanes(notebooks: list[Path], root: Path, out_dir: Path, parameters: dic
                 relative = running.pop(future)
                 try:
                     results[str(relative)] = future.result()
-                    print(f"    {relative} done in {results[str(relative)]['seconds']:.1f} s", flush=True)
+                    now = time.perf_counter()
+                    eta = _eta(expected or {}, [str(n.relative_to(root)) for _, n in queue],
+                               {str(r): now - begun[str(r)] for r in running.values()}, jobs)
+                    print(f"    {relative} done in {results[str(relative)]['seconds']:.1f} s ({len(results)}/"
+                          f"{len(notebooks)} notebooks){eta}", flush=True)
                 except BaseException as error:  # the first failure is raised once the running notebooks finish
                     print(f"    {relative} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
                     failure = failure or error
