@@ -256,3 +256,39 @@ def test_caption_augmenter_copies_without_its_worker():
     assert clone._prepared == {} and clone(CAPTIONS, 1) == augmenter(CAPTIONS, 1)
     restored = pickle.loads(pickle.dumps(augmenter))
     assert restored == augmenter and restored(CAPTIONS, 2) == augmenter(CAPTIONS, 2)
+
+
+def test_stored_synonyms_spare_loading_wordnet_and_equal_the_lookup(tmp_path):
+    store = tmp_path / "synonyms.json"
+    loads = []
+
+    def stub():
+        loads.append(1)
+        return StubWordNet()
+
+    first = A.SynonymTable(stub, store=store, identity="corpus-1")
+    assert loads == []  # WordNet is loaded at the first word the table does not know, not before
+    assert first("shirt") == ("shirtx",) and first("bag") == ("bagx",) and loads == [1]
+    first.save()
+    other = A.SynonymTable(stub, store=store, identity="corpus-1")  # another process: words from the store
+    assert other("shirt") == ("shirtx",) and loads == [1]
+    assert other("coat") == ("coatx",) and loads == [1, 1]
+    other.save()  # merged with what the first table wrote
+    assert set(json.loads(store.read_text())["synonyms"]) == {"shirt", "bag", "coat"}
+    # a store written from another corpus or rule, or an unreadable one, is ignored
+    assert A.SynonymTable(stub, store=store, identity="corpus-2")._cache == {}
+    store.write_text("{not json")
+    assert A.SynonymTable(stub, store=store, identity="corpus-1")._cache == {}
+
+
+def test_the_default_table_reads_the_store_of_the_corpus_and_gives_wordnets_synonyms(synonyms):
+    from clipguard.augment.text import SYNONYM_STORE
+
+    table = A.default_synonym_table()
+    assert table.store == A.find_wordnet() / SYNONYM_STORE
+    words = ["shirt", "photo", "cheap", "boot", "picture", "dress"]
+    assert [table(w) for w in words] == [synonyms(w) for w in words]
+    table.save()
+    again = A.default_synonym_table()
+    again._wordnet = lambda: pytest.fail("a stored word must not load WordNet")
+    assert [again(w) for w in words] == [synonyms(w) for w in words]

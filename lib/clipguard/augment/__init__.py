@@ -11,14 +11,16 @@ Every public name is re-exported here: ``from clipguard.augment import ImagePoli
 from .image import (AutoAugmentImages, ImagePolicy, apply_image_params, augment_images, autoaugment_images,
                     blur_kernel_size, sample_image_params)
 from .text import (EDA, STOP_WORDS, CaptionAugmenter, SynonymTable, augment_captions, caption_rng, clean_caption,
-                   random_deletion, random_insertion, random_swap, synonym_replacement)
+                   default_synonym_table, random_deletion, random_insertion, random_swap, synonym_replacement,
+                   synonym_store_identity)
 from .wordnet import (LEXNAMES, WORDNET_SOURCE, WordNetUnavailable, default_nltk_data, find_wordnet,
                       install_wordnet, lexnames_text, load_wordnet, sense_index_lines)
 
 __all__ = [
     "ImagePolicy", "augment_images", "sample_image_params", "apply_image_params", "AutoAugmentImages",
     "autoaugment_images", "blur_kernel_size",
-    "STOP_WORDS", "clean_caption", "SynonymTable", "synonym_replacement", "random_insertion", "random_swap",
+    "STOP_WORDS", "clean_caption", "SynonymTable", "default_synonym_table", "synonym_store_identity",
+    "synonym_replacement", "random_insertion", "random_swap",
     "random_deletion", "EDA", "caption_rng", "augment_captions", "CaptionAugmenter",
     "WordNetUnavailable", "WORDNET_SOURCE", "LEXNAMES", "lexnames_text", "sense_index_lines", "default_nltk_data",
     "install_wordnet", "find_wordnet", "load_wordnet",

@@ -25,10 +25,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..utils import atomic_write_bytes, derive_seed
-from .wordnet import load_wordnet
+from .wordnet import find_wordnet, load_wordnet
 
-__all__ = ["STOP_WORDS", "clean_caption", "SynonymTable", "synonym_replacement", "random_insertion", "random_swap",
-           "random_deletion", "EDA", "caption_rng", "augment_captions", "CaptionAugmenter"]
+__all__ = ["STOP_WORDS", "clean_caption", "SynonymTable", "default_synonym_table", "synonym_store_identity",
+           "synonym_replacement", "random_insertion", "random_swap", "random_deletion", "EDA", "caption_rng", "augment_captions", "CaptionAugmenter"]
 
 # The English stop-word list of the EDA reference (NLTK's list of its time without the contraction fragments, plus
 # the empty string). Written out here because NLTK's ``stopwords`` corpus is a separate download with no Debian
@@ -52,11 +52,26 @@ def clean_caption(text: str) -> str:
 
 class SynonymTable:
     """Memoised WordNet synonyms of a word, as EDA defines them: every lemma of every synset of the word, with
-    ``_``/``-`` as spaces, reduced to lower-case letters, minus the word itself and empty strings; sorted."""
+    ``_``/``-`` as spaces, reduced to lower-case letters, minus the word itself and empty strings; sorted.
 
-    def __init__(self, wordnet):
-        self.wordnet = wordnet
+    ``wordnet``: a reader, or a function returning one (called at the first word the table does not know).
+    ``store``: a JSON file of synonyms looked up before (by any process), read at once and extended by
+    :meth:`save`, so a process whose words are all stored never loads WordNet (about 3 s). It is used only when it
+    was written from the same corpus files and the same rule (:func:`synonym_store_identity`)."""
+
+    def __init__(self, wordnet, store: str | Path | None = None, identity: str | None = None):
+        self._wordnet = wordnet
         self._cache: dict[str, tuple[str, ...]] = {}
+        self._new: dict[str, tuple[str, ...]] = {}
+        self.store, self.identity = (Path(store) if store is not None else None), identity
+        if self.store is not None:
+            self._cache.update(_read_synonym_store(self.store, identity))
+
+    @property
+    def wordnet(self):
+        if not hasattr(self._wordnet, "synsets"):
+            self._wordnet = self._wordnet()
+        return self._wordnet
 
     def __call__(self, word: str) -> tuple[str, ...]:
         found = self._cache.get(word)
@@ -68,7 +83,56 @@ class SynonymTable:
                     if name and name != word:
                         names.add(name)
             found = self._cache[word] = tuple(sorted(names))
+            self._new[word] = found
         return found
+
+    def save(self) -> None:
+        """Add the words looked up since the last save to ``store`` (merged with what other processes wrote;
+        written atomically). A store that cannot be written is left alone: it only saves time."""
+        if self.store is None or not self._new:
+            return
+        merged = {**_read_synonym_store(self.store, self.identity), **self._new}
+        payload = {"identity": self.identity, "synonyms": {w: list(v) for w, v in sorted(merged.items())}}
+        try:
+            atomic_write_bytes(self.store, json.dumps(payload).encode())
+        except OSError:
+            return
+        self._new = {}
+
+
+def _read_synonym_store(path: Path, identity: str | None) -> dict[str, tuple[str, ...]]:
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("identity") != identity:
+            return {}
+        return {str(w): tuple(v) for w, v in payload["synonyms"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def synonym_store_identity(folder: Path) -> str:
+    """What a stored synonym table depends on: the corpus files (names, sizes, modification times) and the source
+    of the rule (:class:`SynonymTable`'s lookup and :func:`clean_caption`)."""
+    import inspect
+
+    files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in Path(folder).iterdir()
+                   if f.is_file() and (f.name.startswith(("data.", "index.")) or f.name == "lexnames"))
+    rule = inspect.getsource(SynonymTable.__call__) + inspect.getsource(clean_caption)
+    return hashlib.sha1(json.dumps([files, rule]).encode()).hexdigest()[:16]
+
+
+def default_synonym_table() -> SynonymTable:
+    """The table of the WordNet corpus :func:`clipguard.augment.wordnet.load_wordnet` finds, stored in that
+    corpus folder (``clipguard-eda-synonyms.json``); WordNet itself is loaded only for words not stored yet."""
+    folder = find_wordnet()
+    if folder is None:
+        return SynonymTable(load_wordnet)  # installs the corpus or says what to install
+    return SynonymTable(partial(load_wordnet, folder), store=Path(folder) / SYNONYM_STORE,
+                        identity=synonym_store_identity(folder))
+
+
+#: File name of the stored synonym table inside a WordNet corpus folder.
+SYNONYM_STORE = "clipguard-eda-synonyms.json"
 
 
 def _table(wordnet) -> SynonymTable:
@@ -154,7 +218,8 @@ class EDA:
 
     ``operations``: the operations drawn from (uniformly); the RoCLIP paper text names only ``("sr", "rs", "rd")``,
     the code uses all four. An operation with rate 0 is never drawn (as in the reference). ``wordnet``: a WordNet
-    reader (default: :func:`load_wordnet`, loaded on first use)."""
+    reader (default: :func:`default_synonym_table`: synonyms stored by earlier processes, WordNet loaded only for a
+    word not stored yet)."""
 
     alpha_sr: float = 0.1
     alpha_ri: float = 0.1
@@ -177,8 +242,13 @@ class EDA:
     @property
     def synonyms(self) -> SynonymTable:
         if self._table is None:
-            self._table = SynonymTable(self.wordnet if self.wordnet is not None else load_wordnet())
+            self._table = SynonymTable(self.wordnet) if self.wordnet is not None else default_synonym_table()
         return self._table
+
+    def save_synonyms(self) -> None:
+        """Store the synonyms looked up so far (:meth:`SynonymTable.save`), for the next process."""
+        if self._table is not None:
+            self._table.save()
 
     def config(self) -> dict:
         return {"alpha_sr": self.alpha_sr, "alpha_ri": self.alpha_ri, "alpha_rs": self.alpha_rs, "p_rd": self.p_rd,
@@ -257,6 +327,7 @@ def augment_captions(captions: Sequence[str], seed: int, epoch: int | None,
             added = True
     if path is not None and added:
         atomic_write_bytes(path, json.dumps(cache, sort_keys=True).encode())
+    eda.save_synonyms()
     return out
 
 
