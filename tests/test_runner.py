@@ -65,8 +65,10 @@ def test_run_costs_count_each_run_once_per_part_whoever_trained_it():
                "01_a/two.ipynb": {"seconds": 5, "runs": {"r2": 30.0}},           # reused from one.ipynb
                "02_b/three.ipynb": {"seconds": 9, "runs": {"r2": 30.0, "r3": 8.0}}}  # trained elsewhere: still its cost
     costs = notebooks.run_costs(results)
-    assert costs == {"01_a": {"runs": 2, "seconds": 70.0}, "02_b": {"runs": 2, "seconds": 38.0},
-                     "all": {"runs": 3, "seconds": 78.0}}
+    assert costs == {"01_a": {"runs": 2, "seconds": 70.0, "own_runs": 1, "own_seconds": 40.0},
+                     "02_b": {"runs": 2, "seconds": 38.0, "own_runs": 1, "own_seconds": 8.0},
+                     "all": {"runs": 3, "seconds": 78.0, "own_runs": 3, "own_seconds": 78.0}}
+    assert list(costs) == ["01_a", "02_b", "all"]  # the whole book last
     table = notebooks.summary_table(results)
     assert "two.ipynb" in table and next(l for l in table.splitlines() if l.startswith("total")).split()[-1] == "78"
 

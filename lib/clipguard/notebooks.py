@@ -357,9 +357,10 @@ def summary_table(results: dict[str, dict]) -> str:
     lines.append(f"{'total':<{width}}  {total:>8.1f}  {sum(r.get('trained', 0) for r in results.values()):>7}  "
                  f"{sum(r.get('reused', 0) for r in results.values()):>6}  {costs['all']['seconds']:>9.0f}")
     lines.append("runs cost: seconds the runs a notebook (part) uses took when they were trained, each run once, "
-                 "whoever trained it")
+                 "whoever trained it; own: the runs no other part uses")
     for part, cost in costs.items():
-        lines.append(f"  {part:<{width - 2}}  {cost['runs']:>4} runs  {cost['seconds']:>8.0f} s")
+        lines.append(f"  {part:<{width - 2}}  {cost['runs']:>4} runs  {cost['seconds']:>8.0f} s   own "
+                     f"{cost['own_runs']:>4} runs  {cost['own_seconds']:>8.0f} s")
     return "\n".join(lines)
 
 
@@ -367,12 +368,22 @@ def run_costs(results: dict[str, dict]) -> dict[str, dict]:
     """Per part (a notebook's first folder, e.g. ``06_cleanclip``) and for ``all``: the distinct runs its notebooks
     used (trained or reused) and the seconds those runs took when they were trained. What a part costs from an empty
     run store when it runs alone, whichever notebook trained its runs in this build (lane seconds: a run trained
-    beside another notebook took longer than it would alone)."""
+    beside another notebook took longer than it would alone). ``own_runs`` and ``own_seconds``: the runs no other
+    part uses, what the part adds to a book whose other parts are already built."""
     parts: dict[str, dict[str, float]] = {}
     for name, r in results.items():
-        for part in (Path(name).parts[0], "all"):
-            parts.setdefault(part, {}).update(r.get("runs", {}))
-    return {part: {"runs": len(runs), "seconds": round(sum(runs.values()), 1)} for part, runs in parts.items()}
+        parts.setdefault(Path(name).parts[0], {}).update(r.get("runs", {}))
+    users: dict[str, int] = {}
+    for runs in parts.values():
+        for run in runs:
+            users[run] = users.get(run, 0) + 1
+    parts["all"] = {run: cost for runs in parts.values() for run, cost in runs.items()}
+    out = {}
+    for part, runs in parts.items():
+        own = [cost for run, cost in runs.items() if part == "all" or users[run] == 1]
+        out[part] = {"runs": len(runs), "seconds": round(sum(runs.values()), 1), "own_runs": len(own),
+                     "own_seconds": round(sum(own), 1)}
+    return out
 
 
 def page_profiles(book_dir: Path = BOOK_DIR) -> dict[str, str]:
