@@ -18,7 +18,8 @@ images) or the process (thread count, OpenMP wait policy):
 * ``threads-1``: ``torch.set_num_threads(1)``;
 * ``omp-passive``: ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning);
 * ``channels-last``: model and images in ``torch.channels_last``;
-* ``compile``: ``torch.compile`` (inductor, CPU) of the model's forward and the CLIP loss;
+* ``compile``: ``torch.compile`` (inductor, CPU) of the model's forward and the CLIP loss; ``compile, threads-1``:
+  the same on one thread (what a book lane runs on), to be read against ``threads-1``;
 * ``omp-passive + ...``: channels-last or compile with sleeping OpenMP threads (their effect without the cost of
   spinning threads on a shared machine).
 
@@ -49,6 +50,7 @@ VARIANTS = {  # name -> (environment, options of the worker)
     "omp-passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),
     "channels-last": ({}, {"channels_last": True}),
     "compile": ({}, {"compile": True}),
+    "compile, threads-1": ({}, {"compile": True, "threads": 1}),
     "omp-passive + channels-last": ({"OMP_WAIT_POLICY": "PASSIVE"}, {"channels_last": True}),
     "omp-passive + compile": ({"OMP_WAIT_POLICY": "PASSIVE"}, {"compile": True}),
 }
