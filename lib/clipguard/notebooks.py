@@ -292,7 +292,8 @@ def _eta(expected: dict[str, float], waiting: list[str], running: dict[str, floa
     left = time_left(expected, waiting, running, jobs)
     if left is None or not (waiting or running):
         return ""
-    return f"; about {left / 60:.0f} min left (from the last build's times)"
+    when = f"about {left / 60:.0f} min" if left >= 90 else "under 2 min"
+    return f"; {when} left (from the last build's times)"
 
 
 def _reads_the_book(notebook: Path, root: Path) -> bool:
