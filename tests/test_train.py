@@ -127,3 +127,25 @@ def test_captions_prepared_ahead_train_the_same_weights_as_augmenting_in_the_ste
     assert ahead._prepared, "the objective prepared no epoch ahead"
     for (name, pa), pb in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_a_run_pinned_to_one_thread_trains_on_one_whatever_the_process_uses():
+    """The book's profiles train every run on one CPU thread, in a one-thread lane or in a notebook run alone, so
+    both give the same numbers (the thread count changes the order float sums add up in)."""
+    from clipguard import experiments, profiles
+
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=0)
+    assert experiments.clip_spec("cpu")["train"]["threads"] == 1 == profiles.resolve("smoke").cpu_threads
+    assert experiments.clip_spec("gpu")["train"]["threads"] is None
+    dataset = data.fashion_mnist("train", n=128, seed=0)
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = TrainConfig(epochs=1, batch_size=64, threads=1, progress=False, device="cpu")
+        train(models.build_model("clipguard-tiny", seed=0), dataset, config=config,
+              callbacks=[lambda ctx, model: seen.append(torch.get_num_threads()) or {}])
+        assert seen == [1] and torch.get_num_threads() == 2  # pinned while training, restored afterwards
+    finally:
+        torch.set_num_threads(before)

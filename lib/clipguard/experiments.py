@@ -27,7 +27,7 @@ from .models import CLIPModel, build_model
 from .profiles import Profile, resolve
 from .runs import CORE_MODULES, Run, RunStore, code_identity
 from .train import ClipObjective, TrainConfig, train
-from .utils import config_from_spec
+from .utils import config_from_spec, cpu_threads
 
 __all__ = ["DATASETS", "POISONERS", "OBJECTIVES", "EVALUATORS", "register_dataset", "register_poisoner",
            "register_objective", "register_evaluator", "load_dataset", "clip_spec", "finetune_spec", "run",
@@ -186,7 +186,7 @@ def clip_spec(profile: str | Profile = "cpu", seed: int = 0, **overrides) -> dic
         "model_seed": seed,
         "objective": {"name": "clip"},
         "train": TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
-                             seed=seed).identity(),
+                             seed=seed, threads=p.cpu_threads).identity(),
         "evaluate": ["zeroshot", "linear_probe", "linear_probe_sklearn", "retrieval"],
         "track_per_sample": False,
     }
@@ -424,7 +424,16 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
             device: str | None = None) -> tuple[CLIPModel, dict]:
     """Train and evaluate one spec (what :func:`run` stores; ``python -m clipguard.train_cli`` calls it under
     ``torchrun``): the model (fresh, or the ``parent`` run's weights), objective, per-epoch zero-shot and per-pair
-    tracking, then the evaluators against the spec's attack (on the first process only)."""
+    tracking, then the evaluators against the spec's attack (on the first process only). On the CPU all of it runs
+    on the spec's ``train.threads`` threads when set, so a run gives the same numbers whatever the process's own
+    thread count (a book lane's one thread, or every core for a notebook run alone)."""
+    kind = _backend({**spec, "train": {**spec["train"], **({"device": device} if device else {})}})["device"]
+    with cpu_threads(spec["train"].get("threads") if kind == "cpu" else None):
+        return _execute(spec, prepared, work, parent, progress, device)
+
+
+def _execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | None, progress: bool,
+             device: str | None) -> tuple[CLIPModel, dict]:
     from .train import _distributed
 
     rank = _distributed()[0]

@@ -26,6 +26,7 @@ class Profile:
     model: str
     image_size: int
     seeds: int            # seeds per compared configuration
+    cpu_threads: int | None = None  # threads a run trains and evaluates on, on the CPU (None: the process's)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,9 +40,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "fashion-mnist", n_train=1024, n_test=500, n_probe_train=1000, epochs=1,
-                     batch_size=128, lr=2e-3, warmup_steps=4, model="clipguard-tiny", image_size=32, seeds=1),
+                     batch_size=128, lr=2e-3, warmup_steps=4, model="clipguard-tiny", image_size=32, seeds=1,
+                     cpu_threads=1),
     "cpu": Profile("cpu", "fashion-mnist", n_train=10000, n_test=2000, n_probe_train=5000, epochs=8,
-                   batch_size=128, lr=2e-3, warmup_steps=50, model="clipguard-tiny", image_size=32, seeds=3),
+                   batch_size=128, lr=2e-3, warmup_steps=50, model="clipguard-tiny", image_size=32, seeds=3,
+                   cpu_threads=1),
+    # cpu_threads=1: every run trains on one thread, as in the book's lanes (two notebooks at a time on two cores),
+    # also when a notebook runs alone, so both give the same numbers (benchmarks/thread_sensitivity.py)
     # n_test leaves 2,000 test images held out for targeted attacks' targets (10,000 left none), and n_train leaves
     # 10,000 training images for clean fine-tuning sets disjoint from the pre-training set (CleanCLIP)
     "gpu": Profile("gpu", "fashion-mnist", n_train=50000, n_test=8000, n_probe_train=20000, epochs=20,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .data import ImageCaptionSet
 from .losses import clip_loss, gather_features
 from .models import CLIPModel
-from .utils import atomic_torch_save, atomic_write_text, derive_seed
+from .utils import atomic_torch_save, atomic_write_text, cpu_threads, derive_seed
 
 __all__ = ["TrainConfig", "Pass", "Context", "Objective", "ClipObjective", "train", "TrainResult", "cosine_lr",
            "parameter_groups", "make_optimizer", "atomic_torch_save"]
@@ -46,12 +46,15 @@ class TrainConfig:
     shifted_schedule: bool = False
     amp: bool = True
     device: str = "auto"
+    threads: int | None = None  # CPU threads to train on (None: torch's setting); changes rounding, so part of a key
     log_every: int = 10
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite number, got {self.lr}")
         self.betas = tuple(self.betas)
@@ -238,6 +241,17 @@ def _distributed() -> tuple[int, int]:
 def train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None = None,
           config: TrainConfig | None = None, run_dir: str | Path | None = None,
           callbacks: Sequence[EpochCallback] = (), stop_after_epoch: int | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` with ``objective`` (default: plain CLIP); on the CPU with ``config.threads``
+    threads when set (:func:`clipguard.utils.cpu_threads`). See :func:`_train`."""
+    config = config or TrainConfig()
+    pinned = config.threads if _pick_device(config.device).type == "cpu" else None
+    with cpu_threads(pinned):
+        return _train(model, data, objective, config, run_dir, callbacks, stop_after_epoch)
+
+
+def _train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None = None,
+           config: TrainConfig | None = None, run_dir: str | Path | None = None,
+           callbacks: Sequence[EpochCallback] = (), stop_after_epoch: int | None = None) -> TrainResult:
     """Train ``model`` on ``data`` with ``objective`` (default: plain CLIP).
 
     With ``run_dir`` a checkpoint (model, optimiser, objective state, history) is written atomically after every

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "derive_seed"]
+           "derive_seed", "cpu_threads"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -46,6 +47,24 @@ def atomic_torch_save(obj: object, path: str | Path) -> Path:
     import torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """Run the block on exactly ``threads`` threads of torch's CPU pool, restored afterwards; None leaves it alone.
+    Float sums split over another number of threads add up in another order, so a run pinned to a thread count
+    gives the same numbers in a one-thread book lane and in a notebook run alone on every core."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def derive_seed(*parts: object) -> int:
