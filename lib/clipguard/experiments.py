@@ -427,27 +427,28 @@ def execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | Non
     tracking, then the evaluators against the spec's attack (on the first process only). On the CPU all of it runs
     on the spec's ``train.threads`` threads when set, so a run gives the same numbers whatever the process's own
     thread count (a book lane's one thread, or every core for a notebook run alone)."""
-    kind = _backend({**spec, "train": {**spec["train"], **({"device": device} if device else {})}})["device"]
-    with cpu_threads(spec["train"].get("threads") if kind == "cpu" else None):
-        return _execute(spec, prepared, work, parent, progress, device)
+    from .train import _pick_device
+
+    config = TrainConfig(**{**spec["train"], **({"device": device} if device else {})}, progress=progress)
+    with cpu_threads(config.threads if _pick_device(config.device).type == "cpu" else None):
+        return _execute(spec, prepared, work, parent, config)
 
 
-def _execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | None, progress: bool,
-             device: str | None) -> tuple[CLIPModel, dict]:
+def _execute(spec: dict, prepared: Prepared, work: Path | None, parent: Run | None, config: TrainConfig
+             ) -> tuple[CLIPModel, dict]:
     from .train import _distributed
 
     rank = _distributed()[0]
     model = parent.load_model().train() if parent is not None else build_model(spec["model"],
                                                                                 seed=spec.get("model_seed", 0))
-    config = TrainConfig(**{**spec["train"], **({"device": device} if device else {})}, progress=progress)
     objective = make_objective(spec, prepared)
-    callbacks = [ZeroShotEval(prepared.test)]
     evaluation = prepared.for_evaluation()
     eval_spec = {**spec, "poison": attack_of(spec)}
+    # evaluators an epoch callback also runs, on the same inputs: the last epoch's result is the final model's
+    evaluated_each_epoch = {"zeroshot": ZeroShotEval(prepared.test)}
     if spec.get("init") and "backdoor_asr" in spec.get("evaluate", []):  # a fine-tune: its ASR after every epoch
-        callbacks.append(EpochEvaluator("backdoor_asr", eval_spec, evaluation))
-    # evaluators an epoch callback runs on the same inputs: the last epoch's result is the final model's
-    evaluated_each_epoch = {"zeroshot": callbacks[0], "backdoor_asr": callbacks[-1] if len(callbacks) > 1 else None}
+        evaluated_each_epoch["backdoor_asr"] = EpochEvaluator("backdoor_asr", eval_spec, evaluation)
+    callbacks = list(evaluated_each_epoch.values())
     tracker = None
     if spec.get("track_per_sample"):
         groups = {}

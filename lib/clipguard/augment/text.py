@@ -28,7 +28,8 @@ from ..utils import atomic_write_bytes, derive_seed
 from .wordnet import find_wordnet, load_wordnet
 
 __all__ = ["STOP_WORDS", "clean_caption", "SynonymTable", "default_synonym_table", "synonym_store_identity",
-           "synonym_replacement", "random_insertion", "random_swap", "random_deletion", "EDA", "caption_rng", "augment_captions", "CaptionAugmenter"]
+           "synonym_replacement", "random_insertion", "random_swap", "random_deletion", "EDA", "caption_rng",
+           "augment_captions", "CaptionAugmenter"]
 
 # The English stop-word list of the EDA reference (NLTK's list of its time without the contraction fragments, plus
 # the empty string). Written out here because NLTK's ``stopwords`` corpus is a separate download with no Debian
