@@ -290,3 +290,31 @@ def test_final_metrics_taken_from_the_last_epoch_equal_a_fresh_evaluation(store,
     assert "zeroshot_top1" in fresh and "backdoor_asr" in fresh
     assert {k: run.metrics[k] for k in fresh} == fresh
     assert run.epochs()[-1]["zeroshot_top1"] == run.metrics["zeroshot_top1"]
+
+
+def test_a_fine_tune_evaluated_only_at_the_end_has_the_same_weights_and_final_metrics(store, monkeypatch):
+    """Per-epoch evaluation is on for a seed-0 parent (the histories the chapters read) and off for another seed
+    unless asked; without it the evaluators run once, on the final model, and nothing but the history changes."""
+    from safetensors.torch import load_file
+
+    parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
+    each = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
+    end_only = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32, each_epoch=False)
+    assert each["evaluate_each_epoch"] is True and end_only["evaluate_each_epoch"] is False
+    seed1 = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), seed=1, track_per_sample=False))
+    assert cleanclip.main_table_spec(seed1, "CleanCLIP")["evaluate_each_epoch"] is False
+    assert cleanclip.main_table_spec(seed1, "SuFi", each_epoch=True)["evaluate_each_epoch"] is True
+    a = experiments.run(each, store, progress=False)
+    calls = []
+    evaluators = dict(experiments.EVALUATORS)
+    for name in ("zeroshot", "backdoor_asr"):
+        monkeypatch.setitem(experiments.EVALUATORS, name,
+                            lambda *args, _name=name: calls.append(_name) or evaluators[_name](*args))
+    b = experiments.run(end_only, store, progress=False)
+    assert calls == ["zeroshot", "backdoor_asr"]  # once each, after training
+    assert all("zeroshot_top1" in e and "backdoor_asr" in e for e in a.epochs())
+    assert not any("zeroshot_top1" in e or "backdoor_asr" in e for e in b.epochs())
+    wa, wb = load_file(a.path / "model.safetensors"), load_file(b.path / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for key in ("zeroshot_top1", "backdoor_asr", "backdoor_successes"):
+        assert a.metrics[key] == b.metrics[key], key

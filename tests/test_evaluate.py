@@ -104,3 +104,28 @@ def test_retrieval_ties_count_against_the_true_partner():
     result = evaluate.retrieval_recall(collapsed, collapsed, ks=(1, 5))
     assert result["image_to_text_R@1"] == 0.0 and result["text_to_image_R@1"] == 0.0
     assert result["image_to_text_R@5"] == 1.0  # all five tie: the partner is within the top five
+
+
+def test_caption_cleaning_shortcut_gives_open_clips_strings_and_tokens():
+    """The tokenizer's ASCII shortcut returns what open_clip's ftfy + HTML cleaning returns, on tricky strings, on
+    random printable ASCII and on the book's captions with their EDA views (the same tokens, so the same runs)."""
+    import random
+
+    import open_clip
+
+    from clipguard import data, models
+    from clipguard.augment.text import augment_captions
+
+    tricky = ["  A  photo\tof a\n  BAG ", "a &amp; b", "a &amp;amp; b", "rock &roll", "x\x1b[31mred", "caf\u00e9",
+              "\u201cquoted\u201d", "line\r\nbreak", "ctrl\x07char", "", "   ", "ＦＵＬＬ width", "a<b>&lt;c"]
+    rng = random.Random(0)
+    randoms = ["".join(rng.choice([chr(c) for c in range(32, 127)]) for _ in range(rng.randint(0, 30)))
+               for _ in range(2000)]
+    for text in tricky + randoms:
+        assert models.clean_lower(text) == open_clip.tokenizer._clean_lower(text), repr(text)
+    captions = list(data.fashion_mnist("train", n=500, seed=0).captions)
+    captions += augment_captions(captions, seed=0, epoch=1)
+    reference = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    model = models.build_model("clipguard-tiny")
+    assert model._tokenizer.clean_fn is models.clean_lower
+    assert torch.equal(model.tokenize(captions + tricky), reference(captions + tricky))

@@ -59,6 +59,24 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     assert sum('"kind": "epoch"' in line for line in lines) == 2
 
 
+def test_checkpoints_are_written_by_elapsed_time_not_after_every_epoch(tmp_path):
+    """A short run writes no checkpoint (its history still goes to metrics.jsonl every epoch); a zero interval
+    writes one after every epoch; neither the interval nor a checkpoint changes the weights or the run's key."""
+    dataset = _small()
+    short = train(models.build_model("clipguard-tiny", seed=1), dataset, config=_config(checkpoint_seconds=1e9),
+                  run_dir=tmp_path / "short")
+    assert not (tmp_path / "short" / "checkpoint.pt").exists()
+    assert sum('"kind": "epoch"' in line for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()) == 2
+    every = train(models.build_model("clipguard-tiny", seed=1), dataset, config=_config(checkpoint_seconds=0),
+                  run_dir=tmp_path / "every")
+    assert torch.load(tmp_path / "every" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    for (name, pa), pb in zip(short.model.state_dict().items(), every.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert _config(checkpoint_seconds=0).identity() == _config().identity()
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+        _config(checkpoint_seconds=-1)
+
+
 def test_logit_scale_is_clamped():
     model = models.build_model("clipguard-tiny")
     with torch.no_grad():

@@ -49,10 +49,13 @@ class TrainConfig:
     threads: int | None = None  # CPU threads to train on (None: torch's setting); changes rounding, so part of a key
     log_every: int = 10
     progress: bool = True
+    checkpoint_seconds: float = 60.0  # with a run_dir: checkpoint after an epoch once this much time has passed
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if not self.checkpoint_seconds >= 0:
+            raise ValueError(f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -61,7 +64,8 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings that change results (not progress bars or logging)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("progress", "log_every", "device")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("progress", "log_every", "device", "checkpoint_seconds")}
 
 
 def cosine_lr(step: float, base_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -254,10 +258,12 @@ def _train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None 
            callbacks: Sequence[EpochCallback] = (), stop_after_epoch: int | None = None) -> TrainResult:
     """Train ``model`` on ``data`` with ``objective`` (default: plain CLIP).
 
-    With ``run_dir`` a checkpoint (model, optimiser, objective state, history) is written atomically after every
-    epoch and training resumes from it: an interrupted run continued later ends with the same weights as an
-    uninterrupted one. ``stop_after_epoch`` ends early (used to test exactly that). Metrics go to
-    ``run_dir/metrics.jsonl``. Under ``torchrun`` each process takes its shard of every global batch and the
+    With ``run_dir`` a checkpoint (model, optimiser, objective state, history) is written atomically after an
+    epoch once ``config.checkpoint_seconds`` have passed since the last one (and always before ``stop_after_epoch``
+    ends the run early), and training resumes from it: an interrupted run continued later ends with the same
+    weights as an uninterrupted one, having redone at most that much work. A checkpoint of the tiny model and its
+    optimiser is about 40 MB, so writing one after each of a short run's epochs cost about 3% of the run (a
+    tenth of a second an epoch). Metrics go to ``run_dir/metrics.jsonl`` after every epoch. Under ``torchrun`` each process takes its shard of every global batch and the
     contrastive loss sees the all-gathered features.
     """
     config = config or TrainConfig()
@@ -280,6 +286,7 @@ def _train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None 
     ctx = Context(data, model, config, device, rank=rank, world_size=world)
     history: list[dict] = []
     start_epoch, seconds, pairs_seen = 1, 0.0, 0
+    last_checkpoint = time.perf_counter()
 
     run_dir = Path(run_dir) if run_dir is not None else None
     checkpoint_path = run_dir / "checkpoint.pt" if run_dir is not None else None
@@ -356,10 +363,13 @@ def _train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None 
         history.append(summary)
         if run_dir is not None and rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "objective": objective.state_dict(), "history": history, "epoch": epoch,
-                               "callbacks": [c.state_dict() if hasattr(c, "state_dict") else {} for c in callbacks],
-                               "step": ctx.step, "seconds": seconds, "pairs_seen": pairs_seen}, checkpoint_path)
+            if epoch == stop_after_epoch or time.perf_counter() - last_checkpoint >= config.checkpoint_seconds:
+                atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "objective": objective.state_dict(), "history": history, "epoch": epoch,
+                                   "callbacks": [c.state_dict() if hasattr(c, "state_dict") else {}
+                                                 for c in callbacks],
+                                   "step": ctx.step, "seconds": seconds, "pairs_seen": pairs_seen}, checkpoint_path)
+                last_checkpoint = time.perf_counter()
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         if world > 1:
             dist.barrier()
