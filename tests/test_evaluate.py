@@ -129,3 +129,20 @@ def test_caption_cleaning_shortcut_gives_open_clips_strings_and_tokens():
     model = models.build_model("clipguard-tiny")
     assert model._tokenizer.clean_fn is models.clean_lower
     assert torch.equal(model.tokenize(captions + tricky), reference(captions + tricky))
+
+
+def test_caption_embeddings_encode_each_distinct_caption_once_and_equal_every_row_encoded():
+    from clipguard import data, models
+
+    model = models.build_model("clipguard-tiny", seed=3).eval()
+    captions = list(data.fashion_mnist("train", n=300, seed=0).captions)
+    calls = []
+    encode = model.encode_text
+    model.encode_text = lambda texts, **kw: calls.append(len(texts)) or encode(texts, **kw)
+    got = evaluate.caption_embeddings(model, captions, batch_size=64)
+    model.encode_text = encode
+    assert sum(calls) == len(set(captions)) < len(captions)
+    with torch.no_grad():
+        every_row = torch.cat([model.encode_text(captions[i:i + 64]) for i in range(0, len(captions), 64)])
+    assert torch.equal(got, every_row)
+    assert evaluate.caption_embeddings(model, []).shape == (0, 0)

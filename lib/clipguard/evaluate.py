@@ -179,6 +179,22 @@ class ZeroShotEval:
 
 
 @torch.no_grad()
+def caption_embeddings(model: CLIPModel, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Unit embeddings ``[N, D]`` of ``captions`` (float, on the model's device), each distinct caption through the
+    text tower once, in batches of ``batch_size`` distinct captions in order of first appearance: templated
+    captions repeat (10,000 Fashion-MNIST pairs have about 4,200 distinct ones). A caption's embedding does not
+    depend on the others in its batch, so this equals encoding every row (tested)."""
+    distinct: dict[str, int] = {}  # caption -> its row among the distinct ones
+    rows = torch.tensor([distinct.setdefault(c, len(distinct)) for c in captions], dtype=torch.long)
+    texts = list(distinct)
+    if not texts:
+        return torch.empty(0, 0)
+    features = torch.cat([model.encode_text(texts[start:start + batch_size]).float()
+                          for start in range(0, len(texts), batch_size)])
+    return features[rows.to(features.device)]
+
+
+@torch.no_grad()
 def pair_statistics(model: CLIPModel, dataset: ImageCaptionSet, indices: torch.Tensor | None = None,
                     batch_size: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair image–caption cosine similarity and per-pair CLIP loss (in-batch negatives, batches of a fixed
@@ -193,18 +209,14 @@ def pair_statistics(model: CLIPModel, dataset: ImageCaptionSet, indices: torch.T
     order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))]
     was_training = model.training
     model.eval()
-    distinct: dict[str, int] = {}  # caption -> its row in text_features
-    caption_of = torch.zeros(len(dataset), dtype=torch.long)
-    for i in indices.tolist():
-        caption_of[i] = distinct.setdefault(dataset.captions[i], len(distinct))
-    texts = list(distinct)
-    text_features = torch.cat([model.encode_text(texts[start:start + batch_size]).float()
-                               for start in range(0, len(texts), batch_size)]) if texts else torch.empty(0)
+    encoded = caption_embeddings(model, [dataset.captions[i] for i in indices.tolist()], batch_size)
+    text_features = encoded.new_empty(len(dataset), encoded.shape[1])  # by dataset row
+    text_features[indices.to(encoded.device)] = encoded
     cosine = torch.empty(len(dataset))
     loss = torch.empty(len(dataset))
     for chunk in order.split(batch_size):
         image = model.encode_image(dataset.float_images(chunk).to(_device(model))).float()
-        text = text_features[caption_of[chunk]]
+        text = text_features[chunk.to(text_features.device)]
         cosine[chunk] = (image * text).sum(1).cpu()
         loss[chunk] = clip_loss_per_sample(image, text, model.logit_scale.exp().float()).cpu()
     model.train(was_training)

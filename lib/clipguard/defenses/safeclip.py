@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from .. import scenarios
-from ..evaluate import pair_statistics
+from ..evaluate import caption_embeddings, pair_statistics
 from ..experiments import AugmentConfig, augmentation_hooks, register_objective
 from ..losses import clip_loss, contrastive_ce, gather_features
 from ..scenarios import SMALL_IMAGE_POLICY
@@ -318,17 +318,18 @@ class SafeCLIPObjective:
         model, data, size = ctx.model, ctx.data, self.config.score_batch_size
         was_training = model.training
         model.eval()
-        images, texts = [], []
+        images, captions = [], []
         for number, chunk in enumerate(torch.arange(len(data)).split(size)):
             pixels = data.float_images(chunk)
-            captions = [data.captions[i] for i in chunk.tolist()]
+            chunk_captions = [data.captions[i] for i in chunk.tolist()]
             if self.config.score_augmented:
                 pixels = self.image_augment(pixels, ctx.generator("safeclip-score", number))
-                captions = self.caption_views[0](captions, ctx.epoch, chunk)
+                chunk_captions = self.caption_views[0](chunk_captions, ctx.epoch, chunk)
             images.append(model.encode_image(pixels.to(ctx.device)).float().cpu())
-            texts.append(model.encode_text(model.tokenize(captions).to(ctx.device)).float().cpu())
+            captions += chunk_captions
+        texts = caption_embeddings(model, captions, size).cpu()  # each distinct caption once
         model.train(was_training)
-        return torch.cat(images), torch.cat(texts)
+        return torch.cat(images), texts
 
     def _log_split(self, epoch: int, split: GmmSplit, safe: np.ndarray) -> None:
         clean, risky = split.component("clean"), split.component("risky")
