@@ -60,3 +60,12 @@ def test_runs_report_their_id_and_training_seconds_to_the_runner(store, tmp_path
     assert [r["status"] for r in records] == ["trained", "reused"]
     assert {r["run"] for r in records} == {trained.id}
     assert records[0]["cost"] == records[1]["cost"] == round(trained.provenance["wall_seconds"], 1) > 0
+
+
+def test_run_labels_name_the_defence_the_attack_the_seed_and_the_parent():
+    attacked = scenarios.attack_spec("cpu", scenarios.backdoor_poison("cpu"), seed=2)
+    labels = {d: experiments.describe(scenarios.defended(attacked, d)) for d in ("clip", "clip_aug", "roclip", "cleanclip")}
+    assert labels == {"clip": "clip, backdoor badnet_htba, seed 2",
+                      "clip_aug": "clip + augmentation, backdoor badnet_htba, seed 2",  # not the same as plain CLIP
+                      "roclip": "roclip, backdoor badnet_htba, seed 2",
+                      "cleanclip": "cleanclip, clean, seed 2 <- clip, backdoor badnet_htba, seed 2"}

@@ -372,7 +372,7 @@ def fashion_mnist(split: str = "train", n: int | None = None, seed: int = 0, ima
     return drawn.copy()
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=24)  # a chapter's seeds x (train, test, probe, fine-tuning) sets; 30 MB at most each
 def _fashion_mnist_drawn(split: str, n: int | None, seed: int, image_size: int, root: Path, cseed: int,
                          stamp: tuple) -> ImageCaptionSet:
     """:func:`fashion_mnist`'s set, cached per process by its arguments and the files' size and modification time

@@ -538,7 +538,10 @@ def describe(spec: dict) -> str:
     attack = poison.get("kind", "clean")
     if attack == "backdoor":
         attack = f"backdoor {(poison.get('trigger') or {}).get('name', '')}".strip()
-    label = f"{(spec.get('objective') or {}).get('name', 'clip')}, {attack}, seed {spec.get('model_seed', 0)}"
+    objective = spec.get("objective") or {}
+    name = objective.get("name", "clip")
+    name += " + augmentation" if name == "clip" and objective.get("augment") else ""  # CLIP w/ Aug vs CLIP
+    label = f"{name}, {attack}, seed {spec.get('model_seed', 0)}"
     if spec.get("filter"):
         label += f", {spec['filter'].get('detector', spec['filter']['name'])} filter {spec['filter'].get('fraction', '')}"
     return f"{label} <- {describe(spec['init'])}" if spec.get("init") else label
