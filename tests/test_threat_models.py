@@ -32,6 +32,25 @@ def test_supervised_analogue_of_a_backdoor_is_dirty_label_and_stored(store):
     assert again.id == run.id and again.provenance["created"] == run.provenance["created"]  # not retrained
 
 
+def test_supervised_analogue_trains_on_the_clip_specs_thread_count(store, monkeypatch):
+    """Like the CLIP run it mirrors, it trains on the spec's pinned threads (the smoke profile: one), whatever the
+    process's own count, so a page run alone stores the numbers a book lane would."""
+    from clipguard import threat_models
+
+    spec = experiments.clip_spec("smoke", data__n=256)
+    assert spec["train"]["threads"] == 1
+    seen, real = [], threat_models.train_classifier
+    monkeypatch.setattr(threat_models, "train_classifier",
+                        lambda *args, **kw: seen.append(torch.get_num_threads()) or real(*args, **kw))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        supervised_attack_run(spec, store, FAST)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_supervised_analogue_of_a_targeted_attack(store):
     spec = experiments.clip_spec("smoke", poison={"kind": "targeted", "n_targets": 3, "per_target": 2},
                                data__n=256)
