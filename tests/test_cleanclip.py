@@ -268,17 +268,23 @@ def test_the_per_epoch_asr_of_a_fine_tune_does_not_change_its_training(store):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _count_evaluator_calls(monkeypatch) -> tuple[list[str], dict]:
+    """Record each call of the zero-shot and backdoor-ASR evaluators; returns (calls, the real evaluators)."""
+    calls = []
+    evaluators = dict(experiments.EVALUATORS)
+    for name in ("zeroshot", "backdoor_asr"):
+        monkeypatch.setitem(experiments.EVALUATORS, name,
+                            lambda *args, _name=name: calls.append(_name) or evaluators[_name](*args))
+    return calls, evaluators
+
+
 def test_final_metrics_taken_from_the_last_epoch_equal_a_fresh_evaluation(store, monkeypatch):
     """Zero-shot and backdoor ASR of the final model come from the last epoch's callbacks (not computed twice):
     they equal the evaluators run afresh on the stored weights."""
     parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
     spec = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
     experiments.run(parent, store, progress=False)
-    calls = []
-    evaluators = dict(experiments.EVALUATORS)
-    for name in ("zeroshot", "backdoor_asr"):
-        monkeypatch.setitem(experiments.EVALUATORS, name,
-                            lambda *args, _name=name: calls.append(_name) or evaluators[_name](*args))
+    calls, evaluators = _count_evaluator_calls(monkeypatch)
     run = experiments.run(spec, store, progress=False)
     assert calls == ["backdoor_asr", "backdoor_asr"]  # once per epoch (the callback); the final metrics reuse
     monkeypatch.setattr(experiments, "EVALUATORS", evaluators)
@@ -305,11 +311,7 @@ def test_a_fine_tune_evaluated_only_at_the_end_has_the_same_weights_and_final_me
     assert cleanclip.main_table_spec(seed1, "CleanCLIP")["evaluate_each_epoch"] is False
     assert cleanclip.main_table_spec(seed1, "SuFi", each_epoch=True)["evaluate_each_epoch"] is True
     a = experiments.run(each, store, progress=False)
-    calls = []
-    evaluators = dict(experiments.EVALUATORS)
-    for name in ("zeroshot", "backdoor_asr"):
-        monkeypatch.setitem(experiments.EVALUATORS, name,
-                            lambda *args, _name=name: calls.append(_name) or evaluators[_name](*args))
+    calls, _ = _count_evaluator_calls(monkeypatch)
     b = experiments.run(end_only, store, progress=False)
     assert calls == ["zeroshot", "backdoor_asr"]  # once each, after training
     assert all("zeroshot_top1" in e and "backdoor_asr" in e for e in a.epochs())
