@@ -91,3 +91,19 @@ def test_stored_files_are_json(store):
     run = store.get_or_compute({"what": "scores"}, lambda work: {"auroc": 0.9})
     assert json.loads((run.path / "metrics.json").read_text()) == {"auroc": 0.9}
     assert not run.has_model()
+
+
+def test_stored_computations_run_on_the_profiles_thread_count(tmp_path):
+    """A result without a model (detector scores, an optimised trigger) is computed on the profile's CPU threads,
+    as runs train on theirs, whatever the process's count; the count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {}
+        for profile in ("smoke", "cpu", "gpu"):
+            RunStore(profile, root=tmp_path).get_or_compute(
+                {"kind": "threads"}, lambda work, p=profile: seen.setdefault(p, torch.get_num_threads()) and {})
+        assert seen == {"smoke": 1, "cpu": 1, "gpu": 2}  # the gpu profile pins nothing
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

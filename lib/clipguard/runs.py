@@ -237,6 +237,13 @@ class Run:
         return (datetime.now(timezone.utc) - created).total_seconds() <= seconds + 1
 
 
+def _profile_threads(profile: str) -> int | None:
+    """The CPU thread count results of ``profile`` are computed on (None: the process's own, or not a profile)."""
+    from .profiles import PROFILES
+
+    return PROFILES[profile].cpu_threads if profile in PROFILES else None
+
+
 class RunStore:
     """Get-or-train store under ``root/profile``."""
 
@@ -317,8 +324,19 @@ class RunStore:
 
     def get_or_compute(self, config: dict, compute_fn: Callable[[Path], dict], data: dict[str, str] | None = None,
                        force: bool = False, code: str | None = None) -> Run:
-        """Like :meth:`get_or_train` for results without a model (detector scores, sweeps of evaluations)."""
-        return self.get_or_train(config, lambda work: (None, compute_fn(work)), data, force, code)
+        """Like :meth:`get_or_train` for results without a model (detector scores, sweeps of evaluations). It
+        computes on the store's profile's CPU thread count (``cpu_threads``: one at ``smoke`` and ``cpu``), as a
+        run trains on its spec's: the key does not hold the thread count, so a page run alone on every core must
+        store what a one-thread book lane would (detector scores pick the pairs a filter removes; an optimised
+        trigger becomes a poison)."""
+        from .utils import cpu_threads
+
+        threads = _profile_threads(self.profile)
+
+        def compute(work: Path) -> tuple[None, dict]:
+            with cpu_threads(threads):
+                return None, compute_fn(work)
+        return self.get_or_train(config, compute, data, force, code)
 
     def runs(self) -> list[Run]:
         if not self.dir.exists():
