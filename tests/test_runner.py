@@ -3,6 +3,7 @@ the mixed-profile check and the end-of-build table, on hand-made notebooks (no k
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,13 @@ def test_time_left_spreads_the_remaining_work_over_the_lanes():
     assert notebooks.time_left(expected, [], {"long": 100.0, "a": 10.0}, jobs=2) == pytest.approx(400.0)
     assert notebooks.time_left(expected, [], {"a": 150.0}, jobs=1) == 0.0  # over its time: nothing left
     assert notebooks.time_left(expected, ["new"], {}, jobs=2) is None  # no earlier time: no estimate
+
+
+def test_run_lines_name_the_notebook_with_its_part(tmp_path, capsys):
+    """Every chapter has an exercises page: the run lines say whose."""
+    label = notebooks.progress_label(Path("notebooks/06_cleanclip/exercises.ipynb"))
+    assert label == "06_cleanclip/exercises"
+    tail = notebooks._ProgressTail(tmp_path / "log.jsonl", label)
+    tail._print({"status": "trained", "run": "abc", "cost": 3.0, "what": "clip, clean, seed 0", "seconds": 3.2})
+    assert "[06_cleanclip/exercises] clip, clean, seed 0 — trained in 3 s" in capsys.readouterr().out
+    assert tail.runs == {"abc": 3.0} and tail.counts["trained"] == 1

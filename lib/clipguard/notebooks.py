@@ -28,7 +28,7 @@ from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
            "run_all", "default_jobs", "expected_seconds", "longest_first", "time_left", "run_costs", "summary_table",
-           "build_book"]
+           "build_book", "progress_label"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -114,6 +114,12 @@ def finish_page(nb: dict, parameters: dict, defaults: dict, name: str) -> list[s
     return removed
 
 
+def progress_label(notebook: Path) -> str:
+    """How the runner's run lines name a notebook: its part and name (``06_cleanclip/exercises``; every chapter
+    has an ``exercises`` page)."""
+    return f"{notebook.parent.name}/{notebook.stem}"
+
+
 class _ProgressTail:
     """Prints what the kernel reports through :mod:`clipguard.progress` while a notebook runs."""
 
@@ -173,7 +179,7 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path | None = N
     os.environ[progress.LOG_VARIABLE] = str(log)
     started = time.perf_counter()
     try:
-        with _ProgressTail(log, notebook.stem) as tail, warnings.catch_warnings():
+        with _ProgressTail(log, progress_label(notebook)) as tail, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*without encryption.*")
             papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=KERNEL_NAME,
                                        cwd=str(cwd or notebook.parent), progress_bar=False,
