@@ -33,8 +33,8 @@ def test_supervised_analogue_of_a_backdoor_is_dirty_label_and_stored(store):
 
 
 def test_supervised_analogue_trains_on_the_clip_specs_thread_count(store, monkeypatch):
-    """Like the CLIP run it mirrors, it trains on the spec's pinned threads (the smoke profile: one), whatever the
-    process's own count, so a page run alone stores the numbers a book lane would."""
+    """Like the CLIP run it mirrors, it trains on the profile's pinned threads (the smoke profile: one; the store's
+    ``get_or_compute`` pins them), whatever the process's own count, so a page run alone stores what a lane would."""
     from clipguard import threat_models
 
     spec = experiments.clip_spec("smoke", data__n=256)

@@ -22,7 +22,6 @@ import torch
 from . import experiments
 from .runs import Run, RunStore
 from .supervised import SupervisedConfig, predict, train_classifier
-from .utils import cpu_threads
 
 __all__ = ["supervised_config_for", "supervised_attack_run", "tracked_pairs"]
 
@@ -90,8 +89,7 @@ def supervised_attack_run(spec: dict, store: RunStore | None = None, config: Sup
         data = prepared.train_data
         labels = caption_categories(data)
         started = time.perf_counter()
-        with cpu_threads(spec["train"].get("threads")):  # as the CLIP run it mirrors: same numbers alone or in a lane
-            model = train_classifier(data.images, labels, len(data.classnames), spec["model"], config)
+        model = train_classifier(data.images, labels, len(data.classnames), spec["model"], config)
         seconds = time.perf_counter() - started
         is_poison = prepared.info.get("is_poison", torch.zeros(len(data), dtype=torch.bool))
         metrics = {"n_train": len(data), "n_labelled": int((labels >= 0).sum()), "n_poison": int(is_poison.sum()),

@@ -263,8 +263,8 @@ def _train(model: CLIPModel, data: ImageCaptionSet, objective: Objective | None 
     ends the run early), and training resumes from it: an interrupted run continued later ends with the same
     weights as an uninterrupted one, having redone at most that much work. A checkpoint of the tiny model and its
     optimiser is about 40 MB, so writing one after each of a short run's epochs cost about 3% of the run (a
-    tenth of a second an epoch). Metrics go to ``run_dir/metrics.jsonl`` after every epoch. Under ``torchrun`` each process takes its shard of every global batch and the
-    contrastive loss sees the all-gathered features.
+    tenth of a second an epoch). Metrics go to ``run_dir/metrics.jsonl`` after every epoch. Under ``torchrun`` each
+    process takes its shard of every global batch and the contrastive loss sees the all-gathered features.
     """
     config = config or TrainConfig()
     objective = objective or ClipObjective()
