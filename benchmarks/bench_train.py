@@ -16,6 +16,9 @@ images) or the process (thread count, OpenMP wait policy):
 
 * ``current``: the loop as it is (torch's default threads: one per core);
 * ``threads-1``: ``torch.set_num_threads(1)``;
+* ``dense-embedding`` (and ``, threads-1``): the token embedding with a dense gradient and plain fused AdamW over
+  all its rows, as before :mod:`clipguard.optim` (``TrainConfig.sparse_embedding=False``); read ``current`` against
+  it for what the row-sparse update saves;
 * ``omp-passive``: ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning);
 * ``channels-last``: model and images in ``torch.channels_last``;
 * ``compile``: ``torch.compile`` (inductor, CPU) of the model's forward and the CLIP loss; ``compile, threads-1``:
@@ -47,6 +50,8 @@ from clipguard.train import ClipObjective, TrainConfig, parameter_groups, train
 VARIANTS = {  # name -> (environment, options of the worker)
     "current": ({}, {}),
     "threads-1": ({}, {"threads": 1}),
+    "dense-embedding": ({}, {"sparse_embedding": False}),
+    "dense-embedding, threads-1": ({}, {"sparse_embedding": False, "threads": 1}),
     "omp-passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),
     "channels-last": ({}, {"channels_last": True}),
     "compile": ({}, {"compile": True}),
@@ -139,7 +144,7 @@ def run_variant(options: dict, args) -> dict:
     model.tokenize(dataset.captions)
     objective = VariantObjective(options.get("compile", False), options.get("channels_last", False))
     config = TrainConfig(epochs=2, batch_size=args.batch_size, lr=1e-3, warmup_steps=0, progress=False,
-                         device="cpu", log_every=10)
+                         device="cpu", log_every=10, sparse_embedding=options.get("sparse_embedding", True))
     result = train(model, dataset, objective, config)
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, options["weights"])
     epochs = result.epochs()

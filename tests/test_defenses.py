@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,11 @@ def test_roclip_trains_logs_matching_and_resumes_exactly(tmp_path):
           stop_after_epoch=1)
     resumed = train(models.build_model("clipguard-tiny", seed=0), dataset, objective(), config, run_dir=tmp_path)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    # matched pool captions and the batch's own in one pass: row-sparse embedding updates give the dense weights
+    dense = train(models.build_model("clipguard-tiny", seed=0), dataset, objective(),
+                  dataclasses.replace(config, sparse_embedding=False))
+    for (name, a), b in zip(full.model.state_dict().items(), dense.model.state_dict().values()):
         assert torch.equal(a, b), name
 
 

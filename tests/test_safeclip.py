@@ -156,7 +156,7 @@ def test_planted_low_cosine_poisons_never_enter_the_safe_set_as_it_grows_to_the_
     assert {(1, "unimodal"), (2, "clip_warmup"), (3, "risky"), (3, "safe")} <= passes
 
 
-def _short_run(tmp_path=None, stop=None, **fields):
+def _short_run(tmp_path=None, stop=None, sparse_embedding=True, **fields):
     dataset = _small_set()
     poison = torch.zeros(len(dataset), dtype=torch.bool)
     poison[:8] = True
@@ -169,8 +169,8 @@ def _short_run(tmp_path=None, stop=None, **fields):
                                                          for k, v in config.image_policy.items()}),
                                   [CaptionAugmenter(1, False, eda), CaptionAugmenter(2, False, eda)], poison)
     result = train(models.build_model("clipguard-tiny", seed=0), dataset, objective,
-                   TrainConfig(epochs=4, batch_size=32, lr=1e-3, warmup_steps=3, progress=False, log_every=1),
-                   run_dir=tmp_path, stop_after_epoch=stop)
+                   TrainConfig(epochs=4, batch_size=32, lr=1e-3, warmup_steps=3, progress=False, log_every=1,
+                               sparse_embedding=sparse_embedding), run_dir=tmp_path, stop_after_epoch=stop)
     return result, objective
 
 
@@ -178,6 +178,14 @@ def _short_run(tmp_path=None, stop=None, **fields):
 def short_run():
     """One uninterrupted 4-epoch run (1 unimodal, 1 CLIP warm-up, 2 main), shared by the tests below."""
     return _short_run()
+
+
+def test_row_sparse_embedding_updates_give_the_dense_weights(short_run):
+    """Two views of each image and caption in one forward pass, every phase: the row-sparse token-embedding update
+    (clipguard.optim) ends bit for bit where dense fused AdamW does."""
+    dense, _ = _short_run(sparse_embedding=False)
+    for (name, a), b in zip(dense.model.state_dict().items(), short_run[0].model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_resume_in_the_main_phase_gives_identical_weights_and_splits(tmp_path, short_run):

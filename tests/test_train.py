@@ -59,6 +59,47 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     assert sum('"kind": "epoch"' in line for line in lines) == 2
 
 
+def test_row_sparse_embedding_updates_give_the_dense_adamw_weights(tmp_path):
+    """clipguard.optim: the token embedding's sparse gradient and row-wise AdamW end bit for bit where dense fused
+    AdamW does, also across a resume (the rows seen so far are rebuilt from the optimiser's moments); the switch
+    is not part of a run's key, and the model's embedding is dense again after training."""
+    dataset = _small()
+    dense = train(models.build_model("clipguard-tiny", seed=2), dataset, config=_config(sparse_embedding=False))
+    model = models.build_model("clipguard-tiny", seed=2)
+    sparse = train(model, dataset, config=_config())
+    assert not model.clip.token_embedding.sparse
+    train(models.build_model("clipguard-tiny", seed=2), dataset, config=_config(), run_dir=tmp_path, stop_after_epoch=1)
+    resumed = train(models.build_model("clipguard-tiny", seed=2), dataset, config=_config(), run_dir=tmp_path)
+    for run in (sparse, resumed):
+        for (name, pa), pb in zip(dense.model.state_dict().items(), run.model.state_dict().values()):
+            assert torch.equal(pa, pb), name
+    assert _config(sparse_embedding=False).identity() == _config().identity()
+
+
+def test_row_sparse_adamw_matches_torch_on_random_sparse_gradients():
+    """Known answer: random tables, random token batches with repeats, two weight-decay groups, 30 steps."""
+    from clipguard.optim import RowSparseAdamW
+
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(500, 8, generator=generator), torch.randn(300, 4, generator=generator)]
+    tables = {kind: [torch.nn.Parameter(t.clone()) for t in start] for kind in ("dense", "sparse")}
+    optimisers = {kind: (torch.optim.AdamW if kind == "dense" else RowSparseAdamW)(
+        [{"params": [ts[0]], "weight_decay": 0.1}, {"params": [ts[1]], "weight_decay": 0.0}], lr=1e-2, fused=True)
+        for kind, ts in tables.items()}
+    for step in range(30):
+        tokens = [torch.randint(0, min(len(t), 40 + 10 * step), (64,), generator=generator) for t in start]
+        for kind, ts in tables.items():
+            optimisers[kind].zero_grad(set_to_none=True)
+            loss = sum((torch.nn.functional.embedding(tok, t, sparse=kind == "sparse") ** 2).sum() * (i + 1)
+                       for i, (tok, t) in enumerate(zip(tokens, ts)))
+            loss.backward()
+            optimisers[kind].step()
+    for a, b in zip(tables["dense"], tables["sparse"]):
+        assert torch.equal(a, b)
+    state = {kind: optimisers[kind].state[ts[0]] for kind, ts in tables.items()}
+    assert all(torch.equal(state["dense"][k], state["sparse"][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
 def test_checkpoints_are_written_by_elapsed_time_not_after_every_epoch(tmp_path):
     """A short run writes no checkpoint (its history still goes to metrics.jsonl every epoch); a zero interval
     writes one after every epoch; neither the interval nor a checkpoint changes the weights or the run's key."""

@@ -46,7 +46,7 @@ DEFAULT_ROOT = Path(os.environ.get("CLIPGUARD_RESULTS", REPO_ROOT / "results"))
 #: The modules every training run executes (the loop, the model, the data, the evaluations the run store reports).
 #: A run's key adds the modules its dataset, poisoner, objective and evaluators declare when they register.
 CORE_MODULES = ("clipguard.data", "clipguard.models", "clipguard.model_configs", "clipguard.losses",
-                "clipguard.train", "clipguard.evaluate", "clipguard.experiments", "clipguard.utils")
+                "clipguard.train", "clipguard.optim", "clipguard.evaluate", "clipguard.experiments", "clipguard.utils")
 #: Modules that only present results; never part of a run's key.
 PRESENTATION_MODULES = ("clipguard.book", "clipguard.notebooks",
                         "clipguard.browser_check")
