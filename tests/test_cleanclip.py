@@ -214,7 +214,7 @@ def test_main_table_rows_are_specs_of_one_objective():
 def test_finetuning_starts_from_the_parents_weights_and_analysis_matches_the_evaluator(store, monkeypatch):
     poison = scenarios.backdoor_poison("smoke", trigger="badnet_random")  # stochastic: tests the seeding
     parent = _tiny(scenarios.attack_spec("smoke", poison, track_per_sample=False))
-    child = cleanclip.main_table_spec(parent, "CleanCLIP", n=64, epochs=1, batch_size=32)
+    child = cleanclip.main_table_spec(parent, "CleanCLIP", n=64, epochs=1, batch_size=32, each_epoch=True)
     parent_run = experiments.run(parent, store, progress=False)
     started_from = {}
     real_train = experiments.train
@@ -265,7 +265,7 @@ def test_the_per_epoch_asr_of_a_fine_tune_does_not_change_its_training(store):
     from safetensors.torch import load_file
 
     parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
-    with_asr = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
+    with_asr = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32, each_epoch=True)
     without = {**with_asr, "evaluate": ["zeroshot"]}
     a, b = experiments.run(with_asr, store, progress=False), experiments.run(without, store, progress=False)
     assert [e.get("backdoor_asr") is not None for e in a.epochs()] == [True, True]
@@ -288,7 +288,7 @@ def test_final_metrics_taken_from_the_last_epoch_equal_a_fresh_evaluation(store,
     """Zero-shot and backdoor ASR of the final model come from the last epoch's callbacks (not computed twice):
     they equal the evaluators run afresh on the stored weights."""
     parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
-    spec = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
+    spec = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32, each_epoch=True)
     experiments.run(parent, store, progress=False)
     calls, evaluators = _count_evaluator_calls(monkeypatch)
     run = experiments.run(spec, store, progress=False)
@@ -305,13 +305,13 @@ def test_final_metrics_taken_from_the_last_epoch_equal_a_fresh_evaluation(store,
 
 
 def test_a_fine_tune_evaluated_only_at_the_end_has_the_same_weights_and_final_metrics(store, monkeypatch):
-    """Per-epoch evaluation is on for a seed-0 parent (the histories the chapters read) and off for another seed
-    unless asked; without it the evaluators run once, on the final model, and nothing but the history changes."""
+    """Per-epoch evaluation is off unless a page asks for the history (whatever the parent's seed); without it the
+    evaluators run once, on the final model, and nothing but the history changes."""
     from safetensors.torch import load_file
 
     parent = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), track_per_sample=False))
-    each = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
-    end_only = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32, each_epoch=False)
+    each = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32, each_epoch=True)
+    end_only = cleanclip.main_table_spec(parent, "MMCL only", n=64, epochs=2, batch_size=32)
     assert each["evaluate_each_epoch"] is True and end_only["evaluate_each_epoch"] is False
     seed1 = _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), seed=1, track_per_sample=False))
     assert cleanclip.main_table_spec(seed1, "CleanCLIP")["evaluate_each_epoch"] is False

@@ -270,10 +270,10 @@ class FinetuneSettings:
     ``warmup_steps``: linear warm-up steps before the cosine (the paper's 50 of 15,600, scaled). ``evaluate``: the
     evaluators of the fine-tuned run (clean zero-shot accuracy and the backdoor ASR; the parent's linear probe is
     left out to keep fine-tuning cheap). ``each_epoch``: also evaluate after every epoch (the run's history then
-    holds zero-shot accuracy and ASR per epoch, which the ablations page plots); None: only when the poisoned
-    parent's seed is 0, the seed whose histories the chapters read (as per-pair tracking, see
-    :func:`clipguard.scenarios.attack_spec`), so chapters share those runs. An evaluation costs about a fifth of
-    a fine-tuning epoch at ``cpu`` (15 steps), and no result but the history changes."""
+    holds zero-shot accuracy and ASR per epoch); only the page that plots a history asks for it (the ablations
+    page, for its four Figure 2 fine-tunes, which it then trains apart from the main table's identical ones: four
+    runs, against an evaluation in each epoch of every other fine-tune of the book). An evaluation costs about a
+    fifth of a fine-tuning epoch at ``cpu`` (15 steps), and no result but the history changes."""
 
     n: int | None = None
     epochs: int = 10
@@ -283,7 +283,7 @@ class FinetuneSettings:
     warmup_steps: int = 5
     weight_decay: float | None = None
     evaluate: tuple[str, ...] = ("zeroshot", "backdoor_asr")
-    each_epoch: bool | None = None
+    each_epoch: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or (self.n is not None and self.n < 1) or self.lr_ratio <= 0 or self.warmup_steps < 0:
@@ -311,9 +311,8 @@ def finetune(attacked: dict, objective: dict, **settings) -> dict:
     if s.weight_decay is not None:
         train["weight_decay"] = s.weight_decay
     probe = attacked.get("probe_train") if "linear_probe" in s.evaluate else None
-    each_epoch = s.each_epoch if s.each_epoch is not None else parent_train.get("seed", 0) == 0
     return finetune_spec(attacked, objective=objective, train=train, n=s.n, evaluate=list(s.evaluate),
-                         probe_train=probe, evaluate_each_epoch=each_epoch)
+                         probe_train=probe, evaluate_each_epoch=s.each_epoch)
 
 
 def _split(fields: dict, cls) -> tuple[dict, dict]:
