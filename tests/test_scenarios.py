@@ -28,11 +28,15 @@ def test_only_plain_clip_runs_track_pairs():
     for defence in ("clip_aug", "roclip", "safeclip"):
         assert scenarios.defended(attacked, defence)["track_per_sample"] is False, defence
     roclip = scenarios.defended(attacked, "roclip")["objective"]
-    assert scenarios.attack_spec("smoke", None, objective=roclip)["track_per_sample"] is False
-    assert scenarios.attack_spec("smoke", None, objective={"name": "clip"})["track_per_sample"] is True
-    # only seed 0's records are read by the chapters; a chapter reading another seed's asks for them
-    assert scenarios.attack_spec("smoke", None, seed=1)["track_per_sample"] is False
-    assert scenarios.attack_spec("smoke", None, seed=1, track_per_sample=True)["track_per_sample"] is True
+    backdoor = scenarios.backdoor_poison("smoke")
+    assert scenarios.attack_spec("smoke", backdoor, objective=roclip)["track_per_sample"] is False
+    assert scenarios.attack_spec("smoke", backdoor, objective={"name": "clip"})["track_per_sample"] is True
+    # only seed 0's records of the attacked standard model are read by the chapters; a chapter reading others asks
+    assert scenarios.attack_spec("smoke", backdoor, seed=1)["track_per_sample"] is False
+    assert scenarios.attack_spec("smoke", backdoor, seed=1, track_per_sample=True)["track_per_sample"] is True
+    assert scenarios.attack_spec("smoke", None)["track_per_sample"] is False  # the clean baseline
+    assert scenarios.attack_spec("smoke", backdoor, model="clipguard-tiny-wide")["track_per_sample"] is False
+    assert scenarios.attack_spec("smoke", backdoor, model=attacked["model"])["track_per_sample"] is True
 
 
 def test_tracking_does_not_change_training(store):

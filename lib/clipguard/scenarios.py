@@ -53,15 +53,18 @@ def targeted_poison(profile: str | Profile, per_target: int | None = None, n_tar
 def attack_spec(profile: str | Profile, poison: dict | None, seed: int = 0, **overrides) -> dict:
     """The standard CLIP spec of a profile under ``poison`` (None: the clean baseline of the same spec), evaluated
     for utility and both ASRs. Per-pair cosine/loss tracking (``per_sample.npz`` in the run; the threat-models
-    chapter plots it, SafeCLIP Fig. 1/4a, ABL in the detection chapter) is on by default for plain CLIP at seed 0,
-    the seed whose per-pair records the chapters read (so the chapters share those runs), and off at other seeds
-    and under another objective: no chapter reads them, and the extra pass over the training pairs after each epoch
-    costs about a sixth of a run. A chapter that reads a run's records asks for them (``track_per_sample=True``),
-    so it also works at another seed. Tracking never changes training."""
+    chapter plots it, SafeCLIP Fig. 1/4a, ABL in the detection chapter) is on by default for an attacked plain CLIP
+    of the profile's model at seed 0, the runs whose per-pair records the chapters read (so the chapters share
+    those runs), and off for the clean baseline, at other seeds, for another model and under another objective: no
+    chapter reads them, and the extra pass over the training pairs after each epoch costs about a sixth of a run.
+    A chapter that reads a run's records asks for them (``track_per_sample=True``), so it also works at another
+    seed. Tracking never changes training."""
     from .experiments import clip_spec
 
     overrides.setdefault("evaluate", ASR_EVALUATORS)
-    overrides.setdefault("track_per_sample", _plain_clip(overrides.get("objective")) and seed == 0)
+    standard_model = overrides.get("model", _profile(profile).model) == _profile(profile).model
+    overrides.setdefault("track_per_sample", _plain_clip(overrides.get("objective")) and seed == 0
+                         and poison is not None and standard_model)
     return clip_spec(profile, seed=seed, poison=poison, **overrides)
 
 
