@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import progress
+from . import parallel, progress
 from .utils import atomic_write_text
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "BOOK_DIR", "KERNEL_NAME", "discover", "check_parameters", "execute",
@@ -215,6 +215,7 @@ def _execute_in_lane(notebook: Path, output: Path, parameters: dict, threads: in
     """:func:`execute` in a worker process whose kernels use ``threads`` threads (set before torch loads)."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(threads)
+    os.environ[parallel.WORKERS_VARIABLE] = "1"  # the lanes fill the cores: a grid trains its runs one by one
     return execute(notebook, output, parameters)
 
 

@@ -12,7 +12,7 @@ from typing import Hashable, Iterable
 import pandas as pd
 from tqdm import tqdm
 
-from .. import experiments, progress
+from .. import experiments, parallel, progress
 from ..profiles import Profile, resolve
 from ..runs import Run, RunStore
 
@@ -20,9 +20,13 @@ __all__ = ["run_grid", "mean_spread", "summarise", "scale_note", "history_frame"
            "beside_paper", "paper_vs_ours", "METRIC_COLUMNS"]
 
 
-def run_grid(specs: dict[Hashable, dict], store: RunStore, desc: str = "runs") -> dict[Hashable, Run]:
-    """Get or train every spec (stored runs return at once). Under the book's runner, progress goes to the runner's
+def run_grid(specs: dict[Hashable, dict], store: RunStore, desc: str = "runs",
+             workers: int | None = None) -> dict[Hashable, Run]:
+    """Get or train every spec (stored runs return at once). The missing ones train ``workers`` processes at a
+    time when the cores are free (:func:`clipguard.parallel.train_missing`: a page run alone on two cores trains
+    two one-thread runs at once; in the book's lanes one). Under the book's runner, progress goes to the runner's
     terminal (which run of how many, trained or reused, seconds) and nothing to the page; elsewhere one bar."""
+    parallel.train_missing(list(specs.values()), store, workers, desc)
     done = {}
     bar = tqdm(specs.items(), desc=desc, total=len(specs), mininterval=5, disable=progress.under_runner())
     try:
