@@ -45,9 +45,9 @@ def test_a_grid_trained_in_two_processes_gives_the_runs_of_one(tmp_path):
     one = RunStore("smoke", root=tmp_path / "one")
     two = RunStore("smoke", root=tmp_path / "two")
     sequential = tables.run_grid(grid, one, workers=1)
-    assert all(parallel.stored(spec, two) is None for spec in grid.values())
+    assert all(experiments.stored(spec, two) is None for spec in grid.values())
     assert parallel.train_missing(list(grid.values()), two, workers=2) == 4  # parent 0, then three runs
-    assert all(parallel.stored(spec, two) is not None for spec in grid.values())
+    assert all(experiments.stored(spec, two) is not None for spec in grid.values())
     spawned = tables.run_grid(grid, two, workers=2)
     assert parallel.train_missing(list(grid.values()), two, workers=2) == 0
     for key, run in sequential.items():
@@ -63,7 +63,7 @@ def test_a_grid_trained_in_two_processes_gives_the_runs_of_one(tmp_path):
 def test_stored_trains_nothing_and_knows_a_missing_parent(tmp_path):
     store = RunStore("smoke", root=tmp_path)
     grid = _grid()
-    assert parallel.stored(grid[("child", 0)], store) is None  # its parent is not stored either
+    assert experiments.stored(grid[("child", 0)], store) is None  # its parent is not stored either
     assert not (tmp_path / "smoke").exists() or not any((tmp_path / "smoke").glob("*/provenance.json"))
 
 

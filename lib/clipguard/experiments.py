@@ -32,7 +32,7 @@ from .utils import config_from_spec, cpu_threads
 __all__ = ["DATASETS", "POISONERS", "OBJECTIVES", "EVALUATORS", "register_dataset", "register_poisoner",
            "register_objective", "register_evaluator", "load_dataset", "clip_spec", "finetune_spec", "run",
            "Prepared", "prepare", "spec_modules", "attack_of", "AugmentConfig", "augmentation_hooks", "register_filter",
-           "FILTERS", "execute", "code_key", "describe"]
+           "FILTERS", "execute", "code_key", "describe", "stored"]
 
 DATASETS: dict[str, Callable[..., data_lib.ImageCaptionSet]] = {}
 POISONERS: dict[str, Callable] = {}
@@ -508,13 +508,7 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
         return stored
     parent = run(spec["init"], store, progress=progress) if spec.get("init") else None
     scored = run(spec["filter"]["by"], store, progress=progress) if spec.get("filter") else None
-    prepared = Prepared(spec)
-    if scored is not None:
-        load_plugins()
-        name = spec["filter"]["name"]
-        if name not in FILTERS:
-            raise ValueError(f"unknown filter {name!r}; registered: {sorted(FILTERS)}")
-        prepared.apply_filter(*FILTERS[name](prepared, spec["filter"], scored, store))
+    prepared = _prepared(spec, scored, store)
     load_plugins()
     for entry in spec.get("evaluate", []):
         name, _ = _evaluator_name(entry)
@@ -530,6 +524,37 @@ def run(spec: dict, store: RunStore | None = None, force: bool = False, progress
     progress_log.report_run(describe(spec), "trained" if result.trained_since(seconds) else "reused", seconds,
                             result.id, result.provenance.get("wall_seconds"))
     return result
+
+
+def stored(spec: dict, store: RunStore | None = None) -> Run | None:
+    """The stored run of ``spec``, or None when it is not stored (or a run it starts from is not); trains nothing.
+    It keys the spec as :func:`run` does (building its data, and a filter's detector scores, which are part of a
+    filtered run's key) and remembers the id, so a :func:`run` call that follows is quick."""
+    spec = copy.deepcopy(spec)
+    store = store or RunStore(spec.get("profile", "cpu"))
+    known = (str(store.dir), json.dumps(spec, sort_keys=True, default=str))
+    if known in _RUN_IDS:
+        return store.get(_RUN_IDS[known])
+    parent = stored(spec["init"], store) if spec.get("init") else None
+    scored = stored(spec["filter"]["by"], store) if spec.get("filter") else None
+    if (spec.get("init") and parent is None) or (spec.get("filter") and scored is None):
+        return None
+    found = store.find(**_key(spec, _prepared(spec, scored, store), parent, scored))
+    if found is not None:
+        _RUN_IDS[known] = found.id
+    return found
+
+
+def _prepared(spec: dict, scored: Run | None, store: RunStore) -> Prepared:
+    """The spec's data, filtered by its scoring run's detector when it has a filter."""
+    prepared = Prepared(spec)
+    if scored is not None:
+        load_plugins()
+        name = spec["filter"]["name"]
+        if name not in FILTERS:
+            raise ValueError(f"unknown filter {name!r}; registered: {sorted(FILTERS)}")
+        prepared.apply_filter(*FILTERS[name](prepared, spec["filter"], scored, store))
+    return prepared
 
 
 def describe(spec: dict) -> str:

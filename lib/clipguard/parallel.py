@@ -2,11 +2,11 @@
 
 A ``cpu`` run trains on one thread (its spec pins ``train.threads``, so its numbers do not depend on who trains it),
 and a page run alone on a two-core machine would leave a core idle while it trains its grid one run after another.
-:func:`train_missing` first finds which specs are not stored (:func:`stored`), then trains those ``workers`` at a
-time in spawned processes through the same :func:`clipguard.experiments.run` and run store (whose lock makes a run
-requested twice train once): the runs they start from (parents, scored runs) first, then the rest.
-Every run is then returned from the store, so a run trained in a worker is the run a single process would have
-trained, bit for bit.
+:func:`train_missing` first finds which specs are not stored (:func:`clipguard.experiments.stored`), then trains
+those ``workers`` at a time in spawned processes through the same :func:`clipguard.experiments.run` and run store
+(whose lock makes a run requested twice train once): the runs they start from (parents, scored runs) first, then
+the rest. Every run is then returned from the store, so a run trained in a worker is the run a single process
+would have trained, bit for bit.
 
 The book's runner already fills the cores with one notebook per core, so it sets ``CLIPGUARD_GRID_WORKERS=1`` in
 each lane; a page run alone (a reader's papermill command) uses :func:`grid_workers`: the cores over the threads a
@@ -15,7 +15,6 @@ run trains on.
 
 from __future__ import annotations
 
-import copy
 import json
 import multiprocessing
 import os
@@ -29,9 +28,9 @@ from tqdm import tqdm
 from . import progress
 
 if TYPE_CHECKING:  # the runner imports this module for WORKERS_VARIABLE, before any lane loads torch
-    from .runs import Run, RunStore
+    from .runs import RunStore
 
-__all__ = ["WORKERS_VARIABLE", "grid_workers", "run_many", "train_missing", "stored"]
+__all__ = ["WORKERS_VARIABLE", "grid_workers", "train_missing"]
 
 WORKERS_VARIABLE = "CLIPGUARD_GRID_WORKERS"
 
@@ -49,14 +48,6 @@ def grid_workers(threads_per_run: int | None) -> int:
     return max(1, (os.cpu_count() or 1) // threads_per_run)
 
 
-def run_many(specs: list[dict], store: RunStore, workers: int | None = None) -> list[Run]:
-    """The run of every spec, in order, after :func:`train_missing`."""
-    from . import experiments
-
-    train_missing(specs, store, workers)
-    return [experiments.run(spec, store, progress=False) for spec in specs]
-
-
 def train_missing(specs: list[dict], store: RunStore, workers: int | None = None, desc: str = "runs") -> int:
     """Train the specs that are not stored, ``workers`` processes at a time (None: :func:`grid_workers` of the
     first spec's thread count), the runs they start from first; returns how many the workers trained. With one
@@ -67,10 +58,13 @@ def train_missing(specs: list[dict], store: RunStore, workers: int | None = None
         workers = grid_workers(specs[0].get("train", {}).get("threads") if specs else None)
     if workers < 2:
         return 0
-    missing = _distinct([spec for spec in specs if stored(spec, store) is None])
+    from . import experiments
+
+    missing = _distinct([spec for spec in specs if experiments.stored(spec, store) is None])
     if len(missing) < 2:
         return 0
-    starts = _distinct([start for spec in missing for start in _starts(spec) if stored(start, store) is None])
+    starts = _distinct([start for spec in missing for start in _starts(spec)
+                       if experiments.stored(start, store) is None])
     started = {_text(start) for start in starts}
     missing = [spec for spec in missing if _text(spec) not in started]  # a grid cell that another one starts from
     processes = min(workers, max(len(starts), len(missing)))
@@ -90,30 +84,6 @@ def train_missing(specs: list[dict], store: RunStore, workers: int | None = None
                 bar.update(1)
     bar.close()
     return trained
-
-
-def stored(spec: dict, store: RunStore) -> Run | None:
-    """The stored run of ``spec``, or None when it is not stored (or the run it starts from is not); trains
-    nothing. It keys the spec as :func:`clipguard.experiments.run` does (building its data, and a filter's detector
-    scores, which are part of a filtered run's key), and remembers the id, so the run call that follows is quick."""
-    from . import experiments
-
-    spec = copy.deepcopy(spec)
-    known = (str(store.dir), json.dumps(spec, sort_keys=True, default=str))
-    if known in experiments._RUN_IDS:
-        return store.get(experiments._RUN_IDS[known])
-    parent = stored(spec["init"], store) if spec.get("init") else None
-    scored = stored(spec["filter"]["by"], store) if spec.get("filter") else None
-    if (spec.get("init") and parent is None) or (spec.get("filter") and scored is None):
-        return None
-    prepared = experiments.Prepared(spec)
-    if scored is not None:
-        experiments.load_plugins()
-        prepared.apply_filter(*experiments.FILTERS[spec["filter"]["name"]](prepared, spec["filter"], scored, store))
-    found = store.find(**experiments._key(spec, prepared, parent, scored))
-    if found is not None:
-        experiments._RUN_IDS[known] = found.id
-    return found
 
 
 def _starts(spec: dict) -> list[dict]:
