@@ -85,3 +85,22 @@ def test_a_run_the_workers_cannot_train_is_left_to_the_calling_process(tmp_path,
     with pytest.warns(RuntimeWarning, match="left to this process"):
         runs = tables.run_grid(specs, store, workers=2)
     assert all(run.config["data"]["name"] == "shapes-here" for run in runs.values())
+
+
+@pytest.mark.slow
+def test_workers_import_the_module_that_registered_an_objective(tmp_path):
+    """``roclip_distinct`` is registered by ``clipguard.utility_probes``, which ``load_plugins`` does not import:
+    the workers import the modules a spec's plugins came from, so they train such runs themselves (no warning)."""
+    import warnings
+
+    from clipguard import utility_probes
+
+    specs = {s: utility_probes.distinct_spec(scenarios.defended(
+        _tiny(scenarios.attack_spec("smoke", scenarios.backdoor_poison("smoke"), seed=s)), "roclip"))
+        for s in (0, 1)}
+    store = RunStore("smoke", root=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert parallel.train_missing(list(specs.values()), store, workers=2) == 2
+    assert all(experiments.stored(spec, store).config["objective"]["name"] == "roclip_distinct"
+               for spec in specs.values())

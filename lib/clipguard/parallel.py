@@ -15,6 +15,7 @@ run trains on.
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -74,7 +75,8 @@ def train_missing(specs: list[dict], store: RunStore, workers: int | None = None
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_environment) as pool:
         for phase in (starts, missing):
-            jobs = [pool.submit(_train, (spec, str(Path(store.root).resolve()), store.profile)) for spec in phase]
+            jobs = [pool.submit(_train, (spec, sorted(_modules(spec)), str(Path(store.root).resolve()), store.profile))
+                    for spec in phase]
             for job in as_completed(jobs):
                 try:
                     job.result()
@@ -89,6 +91,15 @@ def train_missing(specs: list[dict], store: RunStore, workers: int | None = None
 def _starts(spec: dict) -> list[dict]:
     """The runs a spec starts from: its parent (fine-tuning) and the run its filter scores."""
     return [s for s in (spec.get("init"), (spec.get("filter") or {}).get("by")) if s]
+
+
+def _modules(spec: dict) -> set[str]:
+    """The modules that registered what the spec and the runs it starts from use (a spawned worker imports them:
+    an objective registered outside :func:`clipguard.experiments.load_plugins`' packages, such as
+    ``clipguard.utility_probes``, is otherwise unknown there)."""
+    from . import experiments
+
+    return set(experiments.spec_modules(spec)).union(*(_modules(start) for start in _starts(spec)))
 
 
 def _text(spec: dict) -> str:
@@ -106,12 +117,15 @@ def _worker_environment() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _train(job: tuple[dict, str, str]) -> str:
+def _train(job: tuple[dict, list[str], str, str]) -> str:
     from . import experiments
     from .runs import RunStore
 
-    spec, root, profile = job
+    spec, modules, root, profile = job
     try:
+        for module in modules:
+            if module != "__main__":  # what a notebook registers itself stays unknown here: left to the caller
+                importlib.import_module(module)
         return experiments.run(spec, RunStore(profile, root=root), progress=False).id
     except Exception as error:  # name the run: a traceback from a worker process says little on its own
         raise RuntimeError(f"training {experiments.describe(spec)} in a worker process failed: {error}") from error
