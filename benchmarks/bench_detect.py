@@ -28,6 +28,7 @@ Times are wall-clock on whatever else the host runs: the load average at start a
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import threading
@@ -42,6 +43,7 @@ from clipguard.utils import atomic_write_text
 
 TARGET_FLOOR = 0.8       # exact k-dist+LID+SLOF+DAO time / one full N x N x d matmul, at most
 TARGET_SKLEARN = 2.0     # scikit-learn LOF time / exact k-dist+LID+SLOF+DAO time, at least
+KNN_BLOCK = inspect.signature(knn).parameters["chunk_size"].default
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_detect.txt"
 
 
@@ -153,6 +155,8 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-sklearn", action="store_true", help="skip scikit-learn's LOF (minutes at 100k)")
     parser.add_argument("--one-sided-max", type=int, default=20_000,
                         help="largest N at which the one-sided exact search is also timed (0: never)")
+    parser.add_argument("--block-sides", type=int, nargs="*", default=[4096, 2048],
+                        help="other block sides the exact graph is also timed at (graphs compared bit for bit)")
     parser.add_argument("--recall-rows", type=int, default=500,
                         help="rows checked against float64 torch.cdist (direct differences, slow)")
     parser.add_argument("--ef-search", type=int, default=48)
@@ -211,6 +215,12 @@ def main(argv=None) -> None:
             say(f"  {name:6s} from the graph                                 {sec:8.3f} s   AUROC {auroc(y, s):.4f}")
         four = graph_s + sum(ex[nm][1] for nm in ("k-dist", "LID", "SLOF", "DAO"))
         say(f"exact k-dist+LID+SLOF+DAO total                          {four:8.2f} s   = {four / floor:.2f} x floor")
+        for side in args.block_sides:
+            with PeakRSS() as m:
+                other = knn(x, k=k, chunk_size=side, ref_chunk_size=side)
+            same = bool((other.indices == exact.indices).all() and (other.distances == exact.distances).all())
+            say(f"exact kNN graph, blocks of {side:>5} (default {KNN_BLOCK})         {m.seconds:8.2f} s   "
+                f"{m.mib:7.0f} MiB   = {m.seconds / floor:.2f} x floor; identical to the default's graph: {same}")
         if n <= args.one_sided_max:
             with PeakRSS() as m:
                 one = knn(x, k=k, symmetric=False)
