@@ -500,10 +500,10 @@ def knn(query, reference=None, k: int = 16, *, metric: str = "euclidean", exclud
     """Exact kNN of every ``query`` row in ``reference`` (``None``: the query set itself).
 
     The data are centred on the reference mean (distances are translation invariant; the GEMM's rounding error
-    scales with the norms). Blocked GEMM in ``dtype``: for a ``[chunk_size, ref_chunk_size]`` block (1,536 a side:
-    a 9 MiB block stays in cache between its GEMM and its selection; 4,096 measured 1.4x slower at N = 100k on a
-    2-core Xeon with AMX, the same graph bit for bit: ``benchmarks/bench_detect.py --block-sides``), the squared
-    distances ``||q||² + ||r||² - 2 q·r`` in one ``mm`` of augmented rows into a reused buffer; a running list of
+    scales with the norms). Blocked GEMM in ``dtype``: for a ``[chunk_size, ref_chunk_size]`` block (1,536 a side,
+    9 MiB; blocks of 4,096 measured 1.3-1.4x slower at N = 100k on a 2-core Xeon with AMX, the same graph bit for
+    bit: ``benchmarks/bench_detect.py --block-sides``), the squared distances ``||q||² + ||r||² - 2 q·r`` in one
+    ``mm`` of augmented rows into a reused buffer; a running list of
     ``k + margin`` candidates per point, seeded by one block's ``topk`` and then fed only the entries below its
     current worst candidate (group minima over the block, then the few groups that beat it); peak extra memory
     is one block. ``symmetric`` (default: when the query set is the reference and the exclusions are symmetric,
