@@ -296,17 +296,15 @@ class _Lists:
 
         self._open(col0, (G.amin(0) if minima is None else minima).T, gather)
 
-    def update_both(self, D: torch.Tensor, row0: int, col0: int, minima: torch.Tensor | None = None) -> None:
+    def update_both(self, D: torch.Tensor, row0: int, col0: int, minima: torch.Tensor) -> None:
         """A block above the diagonal of a symmetric search. One pass gives the row-group minima; they serve the
         columns' lists, and their minima over column groups (``GROUP x GROUP`` strided tiles) the rows' lists,
         which open only the tiles below the largest threshold of the tile's rows. A busy side (a cluster split
         between the two blocks: many groups below the thresholds) takes its entries below threshold straight from
-        a comparison of the block instead (:meth:`_below`). ``minima``: :func:`row_group_minima` of ``D`` if
-        already computed."""
+        a comparison of the block instead (:meth:`_below`). ``minima``: :func:`row_group_minima` of ``D``
+        (computed by the caller on every thread)."""
         bi, bj = D.shape
         ngr, ngc = bi // GROUP, bj // GROUP
-        if minima is None:
-            minima = row_group_minima(D)                                         # [ngr, bj]
         thr_cols = self.values[col0:col0 + bj, -1]
         if int((minima < thr_cols).sum()) > BUSY * bj:
             self._below(D, thr_cols, col0, row0, columns=True)
