@@ -1,8 +1,10 @@
 """The book's standard attack scenarios (clipguard.scenarios)."""
 
+import json
+
 import torch
 
-from clipguard import experiments, scenarios
+from clipguard import experiments, profiles, scenarios
 
 
 def test_standard_scenarios_scale_with_the_profile_and_track_pairs():
@@ -37,6 +39,24 @@ def test_only_plain_clip_runs_track_pairs():
     assert scenarios.attack_spec("smoke", None)["track_per_sample"] is False  # the clean baseline
     assert scenarios.attack_spec("smoke", backdoor, model="clipguard-tiny-wide")["track_per_sample"] is False
     assert scenarios.attack_spec("smoke", backdoor, model=attacked["model"])["track_per_sample"] is True
+
+
+def test_only_the_attacks_whose_records_are_read_track_pairs():
+    from clipguard import comparison
+
+    for name, poison in comparison.standard_poisons("cpu").items():
+        assert scenarios.attack_spec("cpu", poison)["track_per_sample"] is True, name
+    # the same poison spelt with lists for tuples is the same run, so it tracks too
+    multi = json.loads(json.dumps(comparison.standard_poisons("cpu")["multi_trigger"]))
+    assert scenarios.attack_spec("cpu", multi)["track_per_sample"] is True
+    # sweeps and other attacks (no chapter reads their records) do not, unless asked
+    for poison in (scenarios.backdoor_poison("cpu", rate=0.01), scenarios.targeted_poison("cpu", per_target=8),
+                   scenarios.backdoor_poison("cpu", trigger="badnet_random")):
+        assert scenarios.attack_spec("cpu", poison)["track_per_sample"] is False, poison
+        assert scenarios.attack_spec("cpu", poison, track_per_sample=True)["track_per_sample"] is True
+    # nor the standard attack on another data set
+    shapes = profiles.resolve("cpu", dataset="shapes")
+    assert scenarios.attack_spec(shapes, scenarios.targeted_poison(shapes))["track_per_sample"] is False
 
 
 def test_tracking_does_not_change_training(store):

@@ -7,12 +7,13 @@ stated below and in the threat-models chapter (notebooks/02_threat_models/how_fe
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
-from .profiles import Profile, resolve
+from .profiles import PROFILES, Profile, resolve
 
 __all__ = ["backdoor_poison", "targeted_poison", "attack_spec", "ASR_EVALUATORS", "SMALL_IMAGE_POLICY",
-           "augmented_clip_spec", "DEFENCES", "register_defence", "defended"]
+           "augmented_clip_spec", "recorded_poisons", "DEFENCES", "register_defence", "defended"]
 
 #: Evaluators every attacked run reports (clean utility plus both ASRs; each ASR is empty for the other attack).
 ASR_EVALUATORS = ["zeroshot", "linear_probe", "targeted_asr", "backdoor_asr"]
@@ -52,20 +53,39 @@ def targeted_poison(profile: str | Profile, per_target: int | None = None, n_tar
 
 def attack_spec(profile: str | Profile, poison: dict | None, seed: int = 0, **overrides) -> dict:
     """The standard CLIP spec of a profile under ``poison`` (None: the clean baseline of the same spec), evaluated
-    for utility and both ASRs. Per-pair cosine/loss tracking (``per_sample.npz`` in the run; the threat-models
-    chapter plots it, SafeCLIP Fig. 1/4a, ABL in the detection chapter) is on by default for an attacked plain CLIP
-    of the profile's model at seed 0, the runs whose per-pair records the chapters read (so the chapters share
-    those runs), and off for the clean baseline, at other seeds, for another model and under another objective: no
-    chapter reads them, and the extra pass over the training pairs after each epoch costs about a sixth of a run.
-    A chapter that reads a run's records asks for them (``track_per_sample=True``), so it also works at another
-    seed. Tracking never changes training."""
+    for utility and both ASRs. Per-pair cosine/loss tracking (``per_sample.npz`` in the run) is on by default only
+    for the runs whose records the chapters read: plain CLIP of the profile's model and data set at seed 0 under
+    one of :func:`recorded_poisons`. So every chapter that uses those attacks shares one run, and no other run pays
+    the extra pass over the training pairs after each epoch (about a sixth of a run). A chapter that reads other
+    records asks for them (``track_per_sample=True``), e.g. at another seed. Tracking never changes training."""
     from .experiments import clip_spec
 
     overrides.setdefault("evaluate", ASR_EVALUATORS)
-    standard_model = overrides.get("model", _profile(profile).model) == _profile(profile).model
+    p = _profile(profile)
+    named = PROFILES.get(p.name, p)
+    standard = overrides.get("model", p.model) == p.model and p.dataset == named.dataset
     overrides.setdefault("track_per_sample", _plain_clip(overrides.get("objective")) and seed == 0
-                         and poison is not None and standard_model)
+                         and poison is not None and standard and _canonical(poison) in _recorded(p))
     return clip_spec(profile, seed=seed, poison=poison, **overrides)
+
+
+def recorded_poisons(profile: str | Profile) -> list[dict]:
+    """The attacks whose per-pair records the chapters read (of their attacked plain-CLIP run at seed 0): the
+    standard attacks of :func:`clipguard.comparison.standard_poisons`. The threat-models chapter plots the
+    backdoor's and the targeted attack's records, SafeCLIP's Fig. 1 and 4a read them, and the detection chapter
+    scores every one of them with ABL (its multi-target family, read there only, asks for them itself)."""
+    from .comparison import standard_poisons
+
+    return list(standard_poisons(profile).values())
+
+
+def _recorded(profile: str | Profile) -> set[str]:
+    return {_canonical(poison) for poison in recorded_poisons(profile)}
+
+
+def _canonical(poison: dict) -> str:
+    """The poison as the run store's key spells it (tuples and lists alike)."""
+    return json.dumps(poison, sort_keys=True, default=str)
 
 
 def _plain_clip(objective: dict | None) -> bool:
