@@ -46,9 +46,12 @@ def test_only_the_attacks_whose_records_are_read_track_pairs():
 
     for name, poison in comparison.standard_poisons("cpu").items():
         assert scenarios.attack_spec("cpu", poison)["track_per_sample"] is True, name
-    # the same poison spelt with lists for tuples is the same run, so it tracks too
+    # the same poison spelt with lists for tuples is the same run (the same key), so it tracks too
     multi = json.loads(json.dumps(comparison.standard_poisons("cpu")["multi_trigger"]))
     assert scenarios.attack_spec("cpu", multi)["track_per_sample"] is True
+    # and so is a strength of 2 for 2.0 (the RoCLIP chapter's WaNet is the comparison's)
+    wanet = scenarios.backdoor_poison("cpu", trigger={"name": "wanet", "s": int(comparison.WANET_STRENGTH)})
+    assert comparison.WANET_STRENGTH == 2.0 and scenarios.attack_spec("cpu", wanet)["track_per_sample"] is True
     # sweeps and other attacks (no chapter reads their records) do not, unless asked
     for poison in (scenarios.backdoor_poison("cpu", rate=0.01), scenarios.targeted_poison("cpu", per_target=8),
                    scenarios.backdoor_poison("cpu", trigger="badnet_random")):

@@ -7,7 +7,6 @@ stated below and in the threat-models chapter (notebooks/02_threat_models/how_fe
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 from .profiles import PROFILES, Profile, resolve
@@ -84,8 +83,10 @@ def _recorded(profile: str | Profile) -> set[str]:
 
 
 def _canonical(poison: dict) -> str:
-    """The poison as the run store's key spells it (tuples and lists alike)."""
-    return json.dumps(poison, sort_keys=True, default=str)
+    """The poison as the run store keys it (tuples and lists alike, 2.0 and 2 alike)."""
+    from .runs import config_hash
+
+    return config_hash(poison)
 
 
 def _plain_clip(objective: dict | None) -> bool:
