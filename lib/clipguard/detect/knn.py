@@ -280,10 +280,10 @@ class _Lists:
 
         self._open(row0, G.amin(1), gather)
 
-    def update_columns(self, D: torch.Tensor, row0: int, col0: int, minima: torch.Tensor | None = None) -> None:
+    def update_columns(self, D: torch.Tensor, row0: int, col0: int, minima: torch.Tensor) -> None:
         """Lists of the points of ``D``'s columns (``col0..``) take candidates from its rows (``row0..``): the
-        transposed half of a symmetric block, read without transposing it. ``minima``: the row-group minima
-        ``[bi / GROUP, bj]`` if already computed."""
+        transposed half of a symmetric block, read without transposing it. ``minima``: the block's
+        :func:`row_group_minima` ``[bi / GROUP, bj]``."""
         bi, bj = D.shape
         ng = bi // GROUP
         G = D.view(GROUP, ng, bj)                     # group r = rows r, r + ng, r + 2 ng, ...
@@ -294,7 +294,7 @@ class _Lists:
             values = G[:, groups, lists[:, None]].permute(1, 2, 0).reshape(n, -1)         # [n, m * GROUP]
             return values, row0 + (groups[:, :, None] + step).reshape(n, -1)
 
-        self._open(col0, (G.amin(0) if minima is None else minima).T, gather)
+        self._open(col0, minima.T, gather)
 
     def update_both(self, D: torch.Tensor, row0: int, col0: int, minima: torch.Tensor) -> None:
         """A block above the diagonal of a symmetric search. One pass gives the row-group minima; they serve the
