@@ -64,7 +64,7 @@ def attack_spec(profile: str | Profile, poison: dict | None, seed: int = 0, **ov
     named = PROFILES.get(p.name, p)
     standard = overrides.get("model", p.model) == p.model and p.dataset == named.dataset
     overrides.setdefault("track_per_sample", _plain_clip(overrides.get("objective")) and seed == 0
-                         and poison is not None and standard and _canonical(poison) in _recorded(p))
+                         and poison is not None and standard and _records_read(p, poison))
     return clip_spec(profile, seed=seed, poison=poison, **overrides)
 
 
@@ -78,15 +78,12 @@ def recorded_poisons(profile: str | Profile) -> list[dict]:
     return list(standard_poisons(profile).values())
 
 
-def _recorded(profile: str | Profile) -> set[str]:
-    return {_canonical(poison) for poison in recorded_poisons(profile)}
-
-
-def _canonical(poison: dict) -> str:
-    """The poison as the run store keys it (tuples and lists alike, 2.0 and 2 alike)."""
+def _records_read(profile: Profile, poison: dict) -> bool:
+    """Whether ``poison`` is one of :func:`recorded_poisons`, compared as the run store keys it (tuples and lists
+    alike, 2.0 and 2 alike), so a spec that names the same run also records."""
     from .runs import config_hash
 
-    return config_hash(poison)
+    return config_hash(poison) in {config_hash(recorded) for recorded in recorded_poisons(profile)}
 
 
 def _plain_clip(objective: dict | None) -> bool:
