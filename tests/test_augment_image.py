@@ -183,6 +183,8 @@ def test_grouped_autoaugment_equals_torchvision_image_by_image(policy):
 # Recorded before the module was split into a package; the float outputs of the batched engine were re-pinned when
 # it replaced the per-image crop resize (pixels moved by <= ~5e-6: before 55d25c557ff37f60 / 8ef19774d47bbcd5 /
 # 07c89e8304b0a933; the drawn parameters, the uint8 output, the torchvision engine and AutoAugment kept theirs).
+# Re-pinned again when the blur became two matrix products instead of a grouped 2-D convolution (pixels moved by
+# <= ~3e-7: before 18c4c95b2ee44df7 / 334bbb3fed0dac5b / 495627bc51d7ccbb; the crop kept its bits).
 # Float hashes depend on the torch build and the CPU's vector kernels, so they are checked on the platform they were
 # recorded on (elsewhere the known-answer tests against torchvision cover the maths).
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,9 +199,9 @@ def _digest(tensor):
 @pytest.mark.parametrize("name, make, expected", [
     ("params", lambda: torch.cat([v.double().flatten() for _, v in sorted(
         A.sample_image_params(16, 32, 32, A.ImagePolicy(), _gen(7)).items())]), "5e3633ac87ea874e"),
-    ("default", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy()), "18c4c95b2ee44df7"),
-    ("book policy", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(**BOOK_POLICY)), "334bbb3fed0dac5b"),
-    ("resized", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(size=24)), "495627bc51d7ccbb"),
+    ("default", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy()), "6f702f9dc0d9a6d5"),
+    ("book policy", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(**BOOK_POLICY)), "0cfd1a70c9034c5e"),
+    ("resized", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(size=24)), "4aa098960a2f0203"),
     ("uint8", lambda: A.augment_images((_images() * 255).round().to(torch.uint8), _gen(1)), "84b01dc86a944736"),
     ("torchvision engine", lambda: A.augment_images(_images(), _gen(1), A.ImagePolicy(engine="torchvision")),
      "3eeaae48ed93db38"),

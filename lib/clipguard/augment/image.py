@@ -35,6 +35,7 @@ CleanCLIP's augmented view: torchvision ``AutoAugment`` (ImageNet policy) on uin
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -254,15 +255,20 @@ def _window_weights(lengths: torch.Tensor, size: int, out: int) -> torch.Tensor:
     return (weights / torch.where(total == 0, 1.0, total)).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _window_table(size: int, out: int) -> torch.Tensor:
+    """``[size + 1, out, size]``: :func:`_window_weights` of every window length 0..size (read-only, cached)."""
+    return _window_weights(torch.arange(size + 1), size, out)
+
+
 def _resample_weights(start: torch.Tensor, length: torch.Tensor, size: int, out: int, mirrored: torch.Tensor
                       ) -> torch.Tensor:
     """``[n, out, size]`` weights that resize the window ``[start, start + length)`` of each image's rows (or
     columns) of ``size`` pixels to ``out`` pixels; ``mirrored`` images are read flipped (a flip before the crop)."""
-    lengths, which = length.unique(return_inverse=True)  # one weight table per distinct window length
     pixel = torch.arange(size).expand(len(start), size)
     pixel = torch.where(mirrored.view(-1, 1), size - 1 - pixel, pixel)
     tap = pixel - start.view(-1, 1)  # position inside the window
-    weights = _window_weights(lengths, size, out)[which]
+    weights = _window_table(size, out)[length]
     weights = weights.gather(2, tap.clamp(0, size - 1).unsqueeze(1).expand(-1, out, -1))
     return weights * (tap >= 0).unsqueeze(1)  # taps past the window's end already have weight 0
 
@@ -273,10 +279,17 @@ def _flip_and_resized_crop(x: torch.Tensor, box: torch.Tensor, flip: torch.Tenso
     top, left, h, w = box.unbind(dim=1)
     rows = _resample_weights(top, h, height, side, torch.zeros_like(flip)).to(x.device)  # [n, side, H]
     columns = _resample_weights(left, w, width, side, flip).to(x.device)  # [n, side, W]
-    by_row = x.transpose(1, 2).reshape(n, height, channels * width)
-    by_row = torch.bmm(rows, by_row).view(n, side, channels, width).transpose(1, 2)  # [n, C, side, W]
-    out = torch.bmm(by_row.reshape(n, channels * side, width), columns.transpose(1, 2))
-    return out.view(n, channels, side, side)
+    return _separable(x, rows, columns)
+
+
+def _separable(x: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``rows[i] @ x[i, c] @ columns[i].T`` for every image i and channel c: ``[n, C, H, W]`` -> ``[n, C, R, K]``
+    for ``rows`` ``[n, R, H]`` and ``columns`` ``[n, K, W]``; two contiguous batched products, no transposed
+    copies of the images."""
+    n, channels, height, width = x.shape
+    by_row = torch.bmm(rows.repeat_interleave(channels, dim=0), x.reshape(n * channels, height, width))
+    out = torch.bmm(by_row.view(n, channels * rows.shape[1], width), columns.transpose(1, 2))
+    return out.view(n, channels, rows.shape[1], columns.shape[1])
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -344,17 +357,36 @@ def _color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, p
     return x
 
 
+#: Blur weights below this are set to 0: they cannot move a float32 pixel, and products with them would be
+#: subnormal numbers, which the CPU handles many times slower.
+_NEGLIGIBLE_WEIGHT = 2.0**-64
+
+
 def _gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur with a per-image sigma, reflect padding: torchvision's gaussian_blur kernel (softmax of the
-    squared offsets over sigma, outer product, grouped convolution) with one group per image and channel."""
-    n, channels, height, width = x.shape
+    """Gaussian blur with a per-image sigma and reflect padding: torchvision's gaussian_blur (a kernel that is the
+    outer product of a softmax of the squared offsets over sigma) computed as its two one-dimensional passes, each
+    a matrix with the reflected border folded in, applied by :func:`_separable`."""
+    side_h, side_w = x.shape[-2:]
     limit = (kernel - 1) / (2.0 * math.sqrt(2.0))
-    offsets = torch.linspace(-limit, limit, kernel, device=x.device)
-    weights = torch.softmax(-(offsets / sigma.to(x.device).view(-1, 1)) ** 2, dim=1)  # [n, k]
-    weights = (weights.unsqueeze(2) * weights.unsqueeze(1)).repeat_interleave(channels, dim=0).unsqueeze(1)
-    pad = kernel // 2
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(1, n * channels, height + 2 * pad, width + 2 * pad)
-    return F.conv2d(padded, weights, groups=n * channels).view(n, channels, height, width)
+    offsets = torch.linspace(-limit, limit, kernel)
+    weights = torch.softmax(-(offsets / sigma.view(-1, 1)) ** 2, dim=1)  # [n, k]
+    weights = torch.where(weights < _NEGLIGIBLE_WEIGHT, 0.0, weights)
+    rows = _reflected_filter(weights, side_h).to(x.device)
+    columns = rows if side_w == side_h else _reflected_filter(weights, side_w).to(x.device)
+    return _separable(x, rows, columns)
+
+
+def _reflected_filter(weights: torch.Tensor, side: int) -> torch.Tensor:
+    """``[n, side, side]``: each row applies the odd filter ``weights[i]`` (``[n, k]``) centred on its pixel, taps
+    outside the image reflected inward (torch's ``reflect`` padding: -1 -> 1, side -> side - 2)."""
+    n, kernel = weights.shape
+    if kernel // 2 >= side:
+        raise ValueError(f"blur kernel {kernel} needs images larger than {kernel // 2} px, got {side} px")
+    source = torch.arange(side).view(-1, 1) + torch.arange(kernel).view(1, -1) - kernel // 2  # [side, k]
+    source = source.abs()
+    source = torch.where(source >= side, 2 * (side - 1) - source, source)
+    matrix = torch.zeros(n, side, side)
+    return matrix.scatter_add_(2, source.expand(n, side, kernel), weights.unsqueeze(1).expand(n, side, kernel))
 
 
 def apply_image_params(batch: torch.Tensor, params: dict[str, torch.Tensor], policy: ImagePolicy) -> torch.Tensor:
