@@ -91,6 +91,7 @@ BOOK_POLICY = dict(scale=(0.8, 1.0), jitter_p=0.5, brightness=0.3, contrast=0.3,
     (3, 32, 32, dict(scale=(0.08, 1.0), size=24, jitter_p=1.0)),  # small crops enlarged, large ones shrunk
     (3, 24, 40, dict(size=32, brightness=0.0, jitter_p=1.0)),  # non-square input, brightness off
     (1, 32, 32, dict(jitter_p=1.0, grayscale_p=1.0)),  # one channel: saturation, hue and grayscale leave it
+    (3, 8, 12, dict(blur_kernel=7, blur_sigma=(1.0, 3.0), jitter_p=0.0)),  # blur taps reflected three deep
 ])
 def test_batched_engine_matches_torchvision_kernels(channels, height, width, fields):
     """Same parameters: the batched engine equals torchvision.transforms.v2.functional applied image by image."""
@@ -102,6 +103,11 @@ def test_batched_engine_matches_torchvision_kernels(channels, height, width, fie
     reference = _apply_image_params_reference(images, params, policy)
     assert ours.shape == reference.shape
     assert torch.allclose(ours, reference, atol=1e-5), (ours - reference).abs().max()
+
+
+def test_blur_kernel_wider_than_the_image_is_refused():
+    with pytest.raises(ValueError, match="blur kernel 9 needs images larger than 4 px, got 4 px"):
+        A.augment_images(torch.rand(2, 3, 4, 4), _gen(0), A.ImagePolicy(blur_kernel=9))
 
 
 def test_batched_engine_rejects_other_channel_counts():

@@ -7,12 +7,14 @@ Two engines give the same distribution:
 * ``"batched"`` (default): every parameter is drawn from the caller's ``torch.Generator`` (global RNG untouched),
   then the whole batch is transformed at once: flip and resized crop as two batched matrix products with the
   antialiased bilinear weights, colour jitter as one blend per step (hue only on the images whose step it is),
-  grayscale as a select, blur as one grouped convolution. Each step reproduces the corresponding torchvision v2
-  kernel to float rounding (``tests/test_augment_image.py`` checks this against
-  ``torchvision.transforms.v2.functional`` image by image). This engine replaced one that resized each crop
-  separately: same parameters from the same seed, pixels within ~5e-6 of it (float rounding, and no hue round trip
-  when the policy's hue strength is 0, which ColorJitter skips too), so seeded runs differ from earlier ones in
-  the last bits.
+  grayscale as a select, blur as two more batched products (its row and column filters, the reflected border
+  folded in). Each step reproduces the corresponding torchvision v2 kernel to float rounding
+  (``tests/test_augment_image.py`` checks this against ``torchvision.transforms.v2.functional`` image by image).
+  This engine replaced one that resized each crop separately: same parameters from the same seed, pixels within
+  ~5e-6 of it (float rounding, and no hue round trip when the policy's hue strength is 0, which ColorJitter skips
+  too), so seeded runs differ from earlier ones in the last bits; so do they since the blur became two products
+  in place of a grouped 2-D convolution (pixels within ~3e-7; 1.4x faster with the crop changes at 2 threads,
+  ``benchmarks/bench_augment.py``).
 * ``"torchvision"``: the literal ``torchvision.transforms.v2`` pipeline applied image by image, its global-RNG draws
   confined by :func:`torch.random.fork_rng` and seeded per image from the generator (slower: one Python call chain
   per image).
@@ -41,7 +43,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["ImagePolicy", "augment_images", "sample_image_params", "apply_image_params", "AutoAugmentImages",
            "autoaugment_images", "blur_kernel_size"]
@@ -357,8 +358,8 @@ def _color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor, p
     return x
 
 
-#: Blur weights below this are set to 0: they cannot move a float32 pixel, and products with them would be
-#: subnormal numbers, which the CPU handles many times slower.
+#: Blur weights below this are set to 0: they change a pixel in [0, 1] by less than 2^-64, and products with them
+#: can be subnormal numbers, which the CPU handles many times slower.
 _NEGLIGIBLE_WEIGHT = 2.0**-64
 
 
@@ -392,7 +393,7 @@ def _reflected_filter(weights: torch.Tensor, side: int) -> torch.Tensor:
 def apply_image_params(batch: torch.Tensor, params: dict[str, torch.Tensor], policy: ImagePolicy) -> torch.Tensor:
     """Apply drawn parameters to float images ``[B,C,H,W]`` in [0, 1] (C = 1 or 3), the whole batch at once:
     flip and resized crop as two batched matrix products, colour jitter and grayscale as batched arithmetic, blur
-    as one grouped convolution."""
+    as two more batched matrix products."""
     if batch.ndim != 4 or batch.shape[1] not in (1, 3):
         raise ValueError(f"expected images [B,C,H,W] with 1 or 3 channels, got shape {tuple(batch.shape)}")
     side = int(params["side"])
