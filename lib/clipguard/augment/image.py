@@ -276,7 +276,7 @@ def _resample_weights(start: torch.Tensor, length: torch.Tensor, size: int, out:
 
 def _flip_and_resized_crop(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, side: int) -> torch.Tensor:
     """Horizontal flip then resized crop of every image, as two batched matrix products (rows, then columns)."""
-    n, channels, height, width = x.shape
+    height, width = x.shape[-2:]
     top, left, h, w = box.unbind(dim=1)
     rows = _resample_weights(top, h, height, side, torch.zeros_like(flip)).to(x.device)  # [n, side, H]
     columns = _resample_weights(left, w, width, side, flip).to(x.device)  # [n, side, W]
